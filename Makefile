@@ -1,0 +1,48 @@
+# Self-documenting: `make help` lists every target with its `## ` comment.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED_DATA := $(abspath ../shared/data)
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+TEST_ENV := $(OFFLINE) WANDB_MODE=disabled CPOLY_DATA_DIR=$${CPOLY_DATA_DIR:-$(SHARED_DATA)}
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-full lint format smoke clean clean-logs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: pip then takes the local CPU wheel, never a multi-GB CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev,backbones]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev and backbone extras
+
+run: $(STAMP) ## the main job: train C-Poly on the synthetic benchmark with tiny_t5, offline, on CPU
+	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python train.py $(ARGS)
+
+test: $(STAMP) ## the test suite (offline, CPU; skips slow-marked real-backbone tests only when asked)
+	$(TEST_ENV) $(BIN)/python -m pytest -q $(ARGS)
+
+test-full: $(STAMP) ## the test suite including gpu-marked tests where a GPU exists
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "" $(ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff fix and format
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+smoke: $(STAMP) ## a few training steps of every piece, in seconds
+	$(OFFLINE) WANDB_MODE=disabled $(BIN)/python train.py debug=smoke
+
+clean-logs: ## delete run folders under logs/
+	rm -rf logs/
+
+clean: clean-logs ## delete the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .cache

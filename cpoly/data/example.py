@@ -1,0 +1,64 @@
+"""The record every benchmark produces and every later stage consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Example:
+    """One multi-task example.
+
+    `target` is one string or several acceptable references (SuperNI); the first reference is the
+    training target and metrics take the maximum over all of them. `choices` are the label words of a
+    classification task (the target is one of them); encoder backbones predict their index.
+    `id` is stable across runs and written to predictions.jsonl; `group` ties examples scored together
+    (a MultiRC question's answer options).
+    """
+
+    task: str
+    source: str
+    target: str | list[str]
+    choices: list[str] | None = None
+    id: str = ""
+    group: str | None = None
+
+    @property
+    def references(self) -> list[str]:
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
+    @property
+    def train_target(self) -> str:
+        return self.references[0]
+
+    @property
+    def label(self) -> int:
+        """Index of the target among `choices` (classification tasks only)."""
+        if self.choices is None:
+            raise ValueError(f"example {self.id!r} of task {self.task!r} has no choices")
+        return self.choices.index(self.train_target)
+
+
+@dataclass
+class BenchmarkData:
+    """What a benchmark loader returns: examples, the routing task list, and how to score."""
+
+    name: str
+    train: list[Example]
+    eval: list[Example]
+    # Tasks that own a routing row, in task-id order. Eval tasks outside it are unknown tasks
+    # (cross-task generalisation) and need `unknown_task: uniform`.
+    task_names: list[str]
+    # Name of the `evaluate` module under cpoly/eval/metrics and the key of its output that
+    # ranks checkpoints and is macro-averaged over tasks (e.g. "rougeL").
+    metric: str
+    main_metric: str
+    # Synthetic benchmark only: the atomic skills each task composes (ground truth for skill_recovery).
+    skill_structure: dict[str, list[str]] | None = None
+    # Protocol facts for results.json (task list file, splits used, skipped tasks, ...).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def eval_task_names(self) -> list[str]:
+        return sorted({ex.task for ex in self.eval})
