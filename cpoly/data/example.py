@@ -13,8 +13,10 @@ class Example:
     `target` is one string or several acceptable references (SuperNI); the first reference is the
     training target and metrics take the maximum over all of them. `choices` are the label words of a
     classification task (the target is one of them); encoder backbones predict their index.
-    `id` is stable across runs and written to predictions.jsonl; `group` ties examples scored together
-    (a MultiRC question's answer options).
+    `prefix` is instruction text placed before `source` (SuperNI's definition and demonstrations) that
+    the tokeniser shortens first when the prompt is too long, so the instance itself is never cut for
+    it. `id` is stable across runs and written to predictions.jsonl; `group` ties examples scored
+    together (a MultiRC question's answer options).
     """
 
     task: str
@@ -23,6 +25,11 @@ class Example:
     choices: list[str] | None = None
     id: str = ""
     group: str | None = None
+    prefix: str = ""
+
+    @property
+    def prompt(self) -> str:
+        return self.prefix + self.source
 
     @property
     def references(self) -> list[str]:
