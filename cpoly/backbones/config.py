@@ -49,6 +49,7 @@ class BackboneConfig:
     max_target_length: int = 32  # target tokens
     num_beams: int = 1
     max_new_tokens: int = 32
+    # Applied by the training code after skills are added (cpoly.enable_gradient_checkpointing).
     gradient_checkpointing: bool = False
     attn_implementation: Optional[str] = None  # None: the transformers default (sdpa where supported)
     # Config overrides passed to the model config (e.g. the tiny T5's sizes, dropout_rate). For

@@ -3,7 +3,8 @@
 transformers reads GGUF by de-quantising every tensor to float32 in Python and converting the
 tokenizer from the GGUF vocabulary (about a minute for Gemma-3-270M on 2 CPU cores). We pay that once:
 the result is written as safetensors + config + tokenizer files into a temporary directory next to
-the cache entry and renamed into place, so a reader sees either nothing or a complete checkpoint.
+the cache entry and renamed into place, so a reader sees either nothing or a complete checkpoint
+(the provenance file, written last, marks an entry complete).
 Later loads read only the cache entry and never open the GGUF. A file lock stops concurrent
 processes (DDP ranks, multirun jobs) from converting the same file twice.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+
+from cpoly.atomic import atomic_directory
 
 PROVENANCE_FILE = "cpoly_provenance.json"
 
@@ -40,18 +42,10 @@ def cached_gguf_checkpoint(
     with _file_lock(root / f".{entry_name}.lock"):
         if _complete(target):  # another process finished while we waited
             return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{entry_name}.tmp-", dir=root))
-        try:
-            checkpoint = staging / "checkpoint"
-            scratch = staging / "scratch"
-            scratch.mkdir()
-            dequantize_gguf(write_gguf(scratch), checkpoint)
-            (checkpoint / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
-            if target.exists():  # an incomplete leftover (no config.json) from a crash before the rename
-                shutil.rmtree(target)
-            checkpoint.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix=f".{entry_name}.scratch-", dir=root) as scratch:
+            with atomic_directory(target) as checkpoint:
+                dequantize_gguf(write_gguf(Path(scratch)), checkpoint)
+                (checkpoint / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
     return target
 
 

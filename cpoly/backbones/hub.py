@@ -2,8 +2,7 @@
 
 Without network, `from_pretrained` retries for about 25 seconds before failing (HF_HUB_OFFLINE unset)
 and then prints a generic message. We decide up front whether the Hub can be reached (the offline
-environment variables, else a TCP connect to the endpoint or proxy bounded to a few seconds), load
-with `local_files_only=True` when it cannot, and turn a cache miss into one line that says how to fix
+environment variables, else one HTTP request bounded to a few seconds), load with `local_files_only=True` when it cannot, and turn a cache miss into one line that says how to fix
 it.
 """
 
@@ -11,9 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import threading
-import urllib.parse
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -35,28 +33,28 @@ def hub_endpoint() -> str:
 
 @functools.lru_cache(maxsize=1)
 def hub_reachable() -> bool:
-    """True when a TCP connection to the Hub (or the HTTPS proxy in use) opens within PROBE_TIMEOUT_S.
+    """True when the Hub answers an HTTP request (any status) within PROBE_TIMEOUT_S.
 
-    Name resolution ignores socket timeouts, so the probe runs in a daemon thread that we stop waiting
-    for. Cached for the process: the answer decides how every backbone of the run is loaded.
+    An HTTP answer, not a TCP connect: sandboxes and captive networks accept connections they never
+    serve. urllib follows the usual proxy variables. Name resolution ignores timeouts, so the probe
+    runs in a daemon thread that we stop waiting for. Cached for the process: the answer decides how
+    every backbone of the run is loaded.
     """
-    proxy = urllib.request.getproxies().get("https")
-    url = urllib.parse.urlsplit(proxy if proxy else hub_endpoint())
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    if not host:
-        return False
     result: list[bool] = []
 
-    def connect() -> None:
+    def probe() -> None:
+        request = urllib.request.Request(hub_endpoint() + "/api/whoami-v2", method="HEAD")
         try:
-            with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
                 result.append(True)
-        except OSError:
+        except urllib.error.HTTPError:  # 401 and friends: the Hub answered
+            result.append(True)
+        except (OSError, ValueError):
             result.append(False)
 
-    probe = threading.Thread(target=connect, daemon=True)
-    probe.start()
-    probe.join(PROBE_TIMEOUT_S + 0.5)
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S + 0.5)
     return bool(result and result[0])
 
 

@@ -22,7 +22,7 @@ def require_online(benchmark: str, looked_for: str, dataset_id: str) -> None:
     """Raise the one-line error that says what to set when local data is absent and the Hub is off limits."""
     if hub_is_offline():
         raise DataError(
-            f"no local {benchmark} data (looked for {looked_for}) and the Hub is disabled (HF_HUB_OFFLINE / "
+            f"no local {benchmark} data ({looked_for}) and the Hub is disabled (HF_HUB_OFFLINE / "
             f"HF_DATASETS_OFFLINE is set): set CPOLY_DATA_DIR (or paths.data_dir) to a folder holding the data "
             f"(see docs/benchmarks.md), or unset HF_HUB_OFFLINE and HF_DATASETS_OFFLINE to download "
             f"{dataset_id!r} from the Hub"

@@ -59,7 +59,7 @@ def find_jsonl(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_name_list(path: str | Path) -> list[str]:
+def read_name_list(path: str | Path, allow_empty: bool = False) -> list[str]:
     """Read a task list: one name per line; blank lines and `#` comments are ignored; duplicates are errors."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -75,7 +75,7 @@ def read_name_list(path: str | Path) -> list[str]:
                 raise DataError(f"{path}:{line_no}: task {name!r} is listed twice (first on line {first_line[name]})")
             first_line[name] = line_no
             names.append(name)
-    if not names:
+    if not names and not allow_empty:
         raise DataError(f"task list {path}: no task names in it")
     return names
 

@@ -72,7 +72,7 @@ def open_task_store(data_dir: Path | None, hub_dataset: str = HUB_DATASET) -> Ta
             return _shared_store(base)
         if (base / "tasks").is_dir():
             return _upstream_store(base)
-    looked_for = ", ".join(f"{b}/superni_*.jsonl.gz or {b}/tasks/" for b in bases) or "no data_dir given"
+    looked_for = "looked for " + ", ".join(f"{b}/superni_*.jsonl.gz, {b}/tasks/" for b in bases) if bases else "no data_dir given"
     require_online("SuperNI", looked_for, hub_dataset)
     return hub_store(hub_dataset)
 
@@ -157,7 +157,7 @@ def _read_split_lists(split_dir: Path) -> dict[str, list[str]]:
     lists = {}
     for split in SPLITS:
         path = split_dir / f"{split}_tasks.txt"
-        lists[split] = read_name_list(path) if path.is_file() else []
+        lists[split] = read_name_list(path, allow_empty=True) if path.is_file() else []
     return lists
 
 

@@ -101,7 +101,14 @@ def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """One batched tokenizer call, no special tokens, no truncation (this module truncates)."""
     if not texts:
         return []
-    return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    encoded = tokenizer(
+        list(texts),
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+    )
+    return encoded["input_ids"]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

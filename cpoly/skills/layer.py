@@ -64,6 +64,7 @@ class SkilledLinear(nn.Module):
         if c.method == "moe_lora":
             self.gate = TokenGate(self.d_in, K, c.temperature, c.top_k)
         self._move_to(base_layer)
+        self.train(base_layer.training)  # new submodules start in training mode; follow the model's mode
 
     def _move_to(self, base_layer: nn.Module) -> None:
         # Adapters train in fp32 (or fp64 in tests) whatever the backbone dtype, as PEFT does.

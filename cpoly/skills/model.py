@@ -152,8 +152,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Hugging Face activation checkpointing (non-reentrant) that carries the task ids into the
     backward recomputation."""
     routing = skill_state(model).routing
-    model.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": partial(_checkpoint_contexts, routing)}
+    model.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": partial(_checkpoint_contexts, routing)}
     )
 
 

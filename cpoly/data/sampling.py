@@ -1,0 +1,194 @@
+"""Multi-task batch sampling: which examples go into each training batch, and eval batching.
+
+Training batches are an endless stream indexed by step, a pure function of (seed, step):
+- every `mega_batch_factor` steps form a *chunk*: per-task counts are drawn for the chunk's
+  `batch_size * mega_batch_factor` slots (multinomial over the task probabilities), and each task
+  fills its slots from its own stream (a fresh seeded permutation of its examples per pass);
+- with `group_by_length`, the chunk is sorted by length (random tie order), cut into batches and the
+  batches are shuffled, so batches waste little padding yet arrive in random order; without it the
+  chunk is shuffled and cut. Batches mix tasks, each row keeping its own task id.
+Resuming at step N replays only the per-chunk task counts before N (cheap) and then yields exactly
+the batches the uninterrupted run saw from step N. Data-parallel rank r of R takes rows r, r+R, ...
+of each global batch: the ranks together see the single-process global batches.
+
+Note that length grouping also groups tasks whose examples have similar lengths; set
+`group_by_length=False` where per-batch task diversity matters more than padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SAMPLING_STRATEGIES = ("proportional", "uniform", "temperature")
+
+# Separate seed streams, so task counts, batch order and per-task permutations never share draws.
+_COUNTS, _ORDER, _PASSES = 0, 1, 2
+
+
+def task_probabilities(task_sizes: Sequence[int], strategy: str, temperature: float = 1.0) -> np.ndarray:
+    """Sampling probability of each task: proportional to n, uniform, or proportional to n**(1/T)."""
+    sizes = np.asarray(task_sizes, dtype=float)
+    if sizes.ndim != 1 or len(sizes) == 0 or (sizes <= 0).any():
+        raise ValueError(f"task sizes must be a non-empty list of positive counts, got {list(task_sizes)}")
+    if strategy == "proportional":
+        weights = sizes
+    elif strategy == "uniform":
+        weights = np.ones_like(sizes)
+    elif strategy == "temperature":
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        weights = sizes ** (1.0 / temperature)
+    else:
+        raise ValueError(f"task sampling strategy must be one of {SAMPLING_STRATEGIES}, got {strategy!r}")
+    return weights / weights.sum()
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(list(key))
+
+
+@dataclass
+class MultiTaskBatchSampler:
+    """Endless multi-task training batches (lists of example indices) for one data-parallel rank.
+
+    `tasks` holds each example's task (any hashable: task ids or names), `lengths` each example's
+    token count (needed for `group_by_length`). `batch_size` is the *global* batch size, split over
+    `num_replicas`. Iterating yields this rank's batches from `start_step`; use it as a DataLoader's
+    `batch_sampler` and stop after the step budget (the stream never ends).
+    """
+
+    tasks: Sequence[Any]
+    lengths: Sequence[int] | None
+    batch_size: int
+    strategy: str = "proportional"
+    temperature: float = 1.0
+    seed: int = 0
+    group_by_length: bool = True
+    mega_batch_factor: int = 50
+    num_replicas: int = 1
+    rank: int = 0
+    start_step: int = 0
+    task_keys: list[Any] = field(init=False, repr=False)  # distinct tasks, in order of first appearance
+    _members: list[np.ndarray] = field(init=False, repr=False)
+    _probabilities: np.ndarray = field(init=False, repr=False)
+    _lengths: np.ndarray | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.tasks) == 0:
+            raise ValueError("MultiTaskBatchSampler needs at least one example")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.mega_batch_factor < 1:
+            raise ValueError(f"mega_batch_factor must be >= 1, got {self.mega_batch_factor}")
+        if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"need 0 <= rank < num_replicas, got rank={self.rank}, num_replicas={self.num_replicas}")
+        if self.batch_size % self.num_replicas:
+            raise ValueError(
+                f"global batch_size={self.batch_size} must be divisible by num_replicas={self.num_replicas}"
+            )
+        if self.start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {self.start_step}")
+        if self.group_by_length:
+            if self.lengths is None or len(self.lengths) != len(self.tasks):
+                raise ValueError(
+                    f"group_by_length needs one length per example: {len(self.tasks)} examples, "
+                    f"lengths {None if self.lengths is None else len(self.lengths)}"
+                )
+        self._lengths = None if self.lengths is None else np.asarray(list(self.lengths), dtype=np.int64)
+        # Task order is the order of first appearance, so the same data gives the same streams.
+        keys = list(dict.fromkeys(self.tasks))
+        position = {key: i for i, key in enumerate(keys)}
+        codes = np.fromiter((position[t] for t in self.tasks), dtype=np.int64, count=len(self.tasks))
+        order = np.argsort(codes, kind="stable")
+        self._members = np.split(order, np.cumsum(np.bincount(codes, minlength=len(keys)))[:-1])
+        self.task_keys = keys
+        self._probabilities = task_probabilities([len(m) for m in self._members], self.strategy, self.temperature)
+
+    @property
+    def probabilities(self) -> dict[Any, float]:
+        """Each task's sampling probability, by task key."""
+        return dict(zip(self.task_keys, self._probabilities.tolist(), strict=True))
+
+    @property
+    def chunk_size(self) -> int:
+        return self.batch_size * self.mega_batch_factor
+
+    def _chunk_counts(self, chunk: int) -> np.ndarray:
+        return _rng(self.seed, _COUNTS, chunk).multinomial(self.chunk_size, self._probabilities)
+
+    def _take(self, task: int, start: int, count: int) -> np.ndarray:
+        """Items start..start+count-1 of a task's endless stream (one seeded permutation per pass)."""
+        members = self._members[task]
+        n = len(members)
+        out = []
+        position = start
+        while position < start + count:
+            epoch, offset = divmod(position, n)
+            permutation = _rng(self.seed, _PASSES, task, epoch).permutation(n)
+            step = min(n - offset, start + count - position)
+            out.append(members[permutation[offset : offset + step]])
+            position += step
+        return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+    def _chunk_batches(self, chunk: int, cursors: np.ndarray) -> list[np.ndarray]:
+        """The global batches of one chunk; advances `cursors` (per-task stream positions)."""
+        counts = self._chunk_counts(chunk)
+        picked = [self._take(t, int(cursors[t]), int(c)) for t, c in enumerate(counts) if c]
+        cursors += counts
+        indices = np.concatenate(picked)
+        rng = _rng(self.seed, _ORDER, chunk)
+        indices = indices[rng.permutation(len(indices))]
+        if self.group_by_length:
+            assert self._lengths is not None
+            indices = indices[np.argsort(self._lengths[indices], kind="stable")]
+        batches = np.split(indices, self.mega_batch_factor)
+        return [batches[i] for i in rng.permutation(self.mega_batch_factor)]
+
+    def global_batches(self, start_step: int = 0) -> Iterator[list[int]]:
+        """Every rank's rows together: the batches a single process would train on, from `start_step`."""
+        first_chunk, skip = divmod(start_step, self.mega_batch_factor)
+        cursors = np.zeros(len(self._members), dtype=np.int64)
+        for chunk in range(first_chunk):  # fast-forward: only the task counts matter
+            cursors += self._chunk_counts(chunk)
+        chunk = first_chunk
+        while True:
+            for batch in self._chunk_batches(chunk, cursors)[skip:]:
+                yield batch.tolist()
+            skip = 0
+            chunk += 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches(self.start_step):
+            yield batch[self.rank :: self.num_replicas]
+
+
+def eval_batches(
+    lengths: Sequence[int], batch_size: int, *, num_replicas: int = 1, rank: int = 0
+) -> list[list[int]]:
+    """Fixed eval batches, longest first (an out-of-memory shows at once); this rank's share.
+
+    Rank r takes examples r, r+R, ... of the length order, so ranks get similar work; predictions
+    carry their `index`, so gathering them needs no particular order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
+    order = np.argsort(-np.asarray(list(lengths), dtype=np.int64), kind="stable")[rank::num_replicas]
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+def padding_fraction(batches: Iterable[Sequence[int]], lengths: Sequence[int]) -> float:
+    """Share of padded positions when each batch is padded to its longest example."""
+    lengths = np.asarray(list(lengths), dtype=np.int64)
+    padded = real = 0
+    for batch in batches:
+        batch_lengths = lengths[np.asarray(batch, dtype=np.int64)]
+        if len(batch_lengths):
+            padded += int(batch_lengths.max()) * len(batch_lengths)
+            real += int(batch_lengths.sum())
+    return 1.0 - real / padded if padded else 0.0

@@ -1,0 +1,42 @@
+"""Shared test setup: offline, W&B disabled, tiny random models of each architecture class."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The offline benchmark data: $CPOLY_DATA_DIR, else ../shared/data beside the repository."""
+    candidates = [os.environ.get("CPOLY_DATA_DIR"), REPO_ROOT.parent / "shared" / "data"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("no offline benchmark data (set CPOLY_DATA_DIR or put shared/data beside the repo)")
+    return path
+
+
+# Tiny models: one intra-op thread is faster than two fighting over a shared machine.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,73 @@
+"""SkillConfig: method defaults, and every invalid value fails at construction naming field and value."""
+
+from __future__ import annotations
+
+import pytest
+
+from cpoly import SkillConfig
+from cpoly.skills import METHODS, SkillConfigError
+from cpoly.skills.config import METHOD_DEFAULTS
+
+TASKS = ["a", "b"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_defaults_are_the_paper_settings(method):
+    config = SkillConfig(method=method, task_names=TASKS)
+    for name, value in METHOD_DEFAULTS[method].items():
+        assert getattr(config, name) == value
+    assert SkillConfig.from_dict(config.to_dict()) == config
+
+
+def test_paper_settings():
+    assert SkillConfig(method="shared_lora", task_names=TASKS).rank == 8
+    c = SkillConfig(method="cpoly", task_names=TASKS)
+    assert (c.n_skills, c.n_task_skills, c.rank, c.task_weights) == (3, 1, 2, "trainable")
+    m = SkillConfig(method="moe_lora", task_names=TASKS)
+    assert (m.n_skills, m.rank, m.mixing) == (4, 2, "outputs")
+
+
+INVALID = [
+    (dict(method="lora"), "method", "'lora'"),
+    (dict(rank=0), "rank", "0"),
+    (dict(rank=2.5), "rank", "2.5"),
+    (dict(n_skills=-1), "n_skills", "-1"),
+    (dict(n_task_skills=-2), "n_task_skills", "-2"),
+    (dict(n_splits=0), "n_splits", "0"),
+    (dict(n_skills=0, n_task_skills=0), "n_skills", "0"),
+    (dict(alpha=0.0), "alpha", "0.0"),
+    (dict(temperature=-1.0), "temperature", "-1.0"),
+    (dict(mixing="sum"), "mixing", "'sum'"),
+    (dict(task_weights="learned"), "task_weights", "'learned'"),
+    (dict(unknown_task="ignore"), "unknown_task", "'ignore'"),
+    (dict(task_names=["a", "a", "b"]), "task_names", "['a']"),
+    (dict(task_names=[]), "task_names", "[]"),
+    (dict(task_names=["a", ""]), "task_names", "''"),
+    (dict(target_modules=[]), "target_modules", "[]"),
+    (dict(target_modules=""), "target_modules", "''"),
+    (dict(mixing="outputs", n_splits=2), "mixing", "'outputs'"),
+    (dict(method="shared_lora", n_skills=2), "n_skills", "2"),
+    (dict(method="shared_lora", n_task_skills=1), "n_task_skills", "1"),
+    (dict(method="task_lora", n_skills=1), "n_skills", "1"),
+    (dict(method="task_lora", task_weights="trainable"), "task_weights", "'trainable'"),
+    (dict(method="moe_lora", mixing="params"), "mixing", "'params'"),
+    (dict(method="moe_lora", top_k=5), "top_k", "5"),
+    (dict(method="poly", top_k=1), "top_k", "1"),
+    (dict(method="poly", n_splits=2), "n_splits", "2"),
+    (dict(method="poly", n_task_skills=1), "n_task_skills", "1"),
+    (dict(method="mhr", n_splits=1), "n_splits", "1"),
+]
+
+
+@pytest.mark.parametrize("overrides, field, value", INVALID, ids=[f"{f}={v}" for _, f, v in INVALID])
+def test_invalid_values_name_field_and_value(overrides, field, value):
+    kwargs = dict(task_names=TASKS) | overrides
+    with pytest.raises(SkillConfigError) as err:
+        SkillConfig(**kwargs)
+    assert f"SkillConfig.{field}=" in str(err.value)
+    assert value in str(err.value)
+
+
+def test_unknown_field_in_saved_config():
+    with pytest.raises(SkillConfigError, match="n_skils"):
+        SkillConfig.from_dict({"method": "poly", "task_names": TASKS, "n_skils": 3})

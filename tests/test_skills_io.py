@@ -1,0 +1,165 @@
+"""save_skills / load_skills round trips, PEFT Poly import, per-task PEFT LoRA export."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from helpers.tiny_models import TASKS, randomize_adapters, t5_batch, tiny_gpt2, tiny_llama, tiny_t5
+
+from cpoly import SkillConfig, add_skills, allocation_matrix, export_task_lora, load_skills, save_skills, use_tasks
+from cpoly.skills import METHODS, skilled_layers
+
+MIXED = ["task_b", "task_c", "task_a"]
+peft = pytest.importorskip("peft")
+
+
+def _logits_and_generation(model, tasks=MIXED):
+    batch = t5_batch()
+    with use_tasks(model, tasks):
+        logits = model(**batch).logits
+        tokens = model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=2, max_new_tokens=5
+        )
+    return logits, tokens
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_round_trip_is_exact(method, tmp_path):
+    model = add_skills(tiny_t5(), SkillConfig(method=method, task_names=TASKS))
+    randomize_adapters(model)
+    save_skills(model, tmp_path / "adapter")
+    files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors"]
+    loaded = load_skills(tiny_t5(), tmp_path / "adapter")
+    assert loaded.cpoly_skills.config == model.cpoly_skills.config  # task names kept
+    for a, b in zip(_logits_and_generation(model), _logits_and_generation(loaded), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_saved_file_holds_adapter_tensors_only(tmp_path):
+    from safetensors.torch import load_file
+
+    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    save_skills(model, tmp_path)
+    keys = load_file(str(tmp_path / "adapter_model.safetensors")).keys()
+    assert keys and not any("base_layer" in k or "shared.weight" in k for k in keys)
+    suffixes = {k.split(".", maxsplit=k.count(".") - 1)[-1] for k in keys}
+    assert {"shared_A", "shared_B", "task_A", "task_B"} <= {s.split(".")[-1] for s in suffixes}
+
+
+def test_loading_into_another_architecture_is_a_clear_error(tmp_path):
+    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    save_skills(model, tmp_path)
+    with pytest.raises(ValueError, match="does not fit LlamaForCausalLM"):
+        load_skills(tiny_llama(), tmp_path)
+    wider = tiny_t5()
+    wider_config = wider.config.to_dict() | {"d_model": 48}
+    wider = type(wider)(type(wider.config).from_dict(wider_config))
+    with pytest.raises(ValueError, match=r"is 48->32 in the model but 32->32"):
+        load_skills(wider, tmp_path)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_skills(tiny_t5(), tmp_path / "missing")
+
+
+def test_saving_over_an_existing_adapter_is_atomic(tmp_path):
+    model = add_skills(tiny_t5(), SkillConfig(method="poly", task_names=TASKS))
+    save_skills(model, tmp_path / "a")
+    randomize_adapters(model)
+    save_skills(model, tmp_path / "a")  # replaces it
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+    loaded = load_skills(tiny_t5(), tmp_path / "a")
+    torch.testing.assert_close(_logits_and_generation(loaded)[0], _logits_and_generation(model)[0])
+
+
+@pytest.mark.parametrize("n_splits", [1, 4])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_peft_poly_adapter_imports_with_the_same_outputs(n_splits, mode, tmp_path):
+    base = tiny_t5()
+    poly = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.PolyConfig(task_type="SEQ_2_SEQ_LM", r=4, n_tasks=3, n_skills=2, n_splits=n_splits, target_modules=["q", "v"]),
+    )
+    with torch.no_grad():
+        for name, p in poly.named_parameters():
+            if "poly_lora_B" in name or "module_logits" in name:
+                p.normal_(std=0.5)
+    poly.save_pretrained(tmp_path)
+    ours = load_skills(copy.deepcopy(base), tmp_path, task_names=TASKS)
+    assert ours.cpoly_skills.config.method == ("mhr" if n_splits > 1 else "poly")
+    getattr(poly, mode)(), getattr(ours, mode)()
+    batch, ids = t5_batch(), torch.tensor([2, 0, 1])
+    torch.manual_seed(7)  # training mode: the same relaxed-Bernoulli noise, drawn layer by layer
+    expected = poly(**batch, task_ids=ids).logits
+    torch.manual_seed(7)
+    with use_tasks(ours, ids):
+        actual = ours(**batch).logits
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
+
+
+EXPORTABLE = [
+    dict(method="shared_lora"),
+    dict(method="task_lora"),
+    dict(method="poly"),
+    dict(method="mhr", n_splits=4),
+    dict(method="cpoly"),
+    dict(method="cpoly", n_task_skills=2, task_weights="fixed"),
+    dict(method="cpoly", mixing="outputs"),
+    dict(method="poly", mixing="outputs"),
+]
+
+
+@pytest.mark.parametrize("settings", EXPORTABLE, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+def test_exported_task_lora_matches_the_source_model(settings, tmp_path):
+    base = tiny_t5()
+    model = add_skills(copy.deepcopy(base), SkillConfig(task_names=TASKS, **settings))
+    randomize_adapters(model)
+    batch = t5_batch()
+    for task in TASKS:
+        export_task_lora(model, task, tmp_path / task)
+        config = json.loads((tmp_path / task / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA"
+        if model.cpoly_skills.config.mixing == "params":
+            assert config["r"] == model.cpoly_skills.config.rank  # exactly rank r per task
+        lora = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / task).eval()
+        with use_tasks(model, [task] * 3):
+            expected = model(**batch).logits
+        torch.testing.assert_close(lora(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_export_refuses_input_dependent_updates(tmp_path):
+    model = add_skills(tiny_t5(), SkillConfig(method="moe_lora", task_names=TASKS))
+    with pytest.raises(ValueError, match="moe_lora.*depends on each token"):
+        export_task_lora(model, "task_a", tmp_path)
+
+
+def test_conv1d_layers_are_adapted_and_exported(tmp_path):
+    base = tiny_gpt2()
+    model = add_skills(copy.deepcopy(base), SkillConfig(method="cpoly", task_names=TASKS, target_modules=["c_attn"]))
+    randomize_adapters(model)
+    ids = torch.randint(3, 384, (3, 7))
+    export_task_lora(model, "task_b", tmp_path)
+    lora = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    with use_tasks(model, ["task_b"] * 3):
+        expected = model(input_ids=ids).logits
+    torch.testing.assert_close(lora(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_allocation_matrix_per_layer_and_mean():
+    model = add_skills(tiny_t5(), SkillConfig(method="mhr", task_names=TASKS, n_skills=3, n_splits=2))
+    randomize_adapters(model, std=2.0)
+    allocation = allocation_matrix(model)
+    assert allocation.task_names == TASKS
+    n_layers = sum(1 for _ in skilled_layers(model))
+    assert len(allocation.per_layer) == n_layers
+    for weights in allocation.per_layer.values():
+        assert weights.shape == (3, 2, 3)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2))
+    torch.testing.assert_close(allocation.mean, torch.stack(list(allocation.per_layer.values())).mean(0))
+    assert allocation.task_weights is None
+    cpoly = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    torch.testing.assert_close(allocation_matrix(cpoly).task_weights, torch.eye(3))
+    with pytest.raises(ValueError, match="moe_lora has no learned"):
+        allocation_matrix(add_skills(tiny_t5(), SkillConfig(method="moe_lora", task_names=TASKS)))
