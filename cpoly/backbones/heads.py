@@ -21,8 +21,9 @@ POOLINGS = ("cls", "mean")
 class TaskHeadClassifier(nn.Module):
     """`encoder` (an `AutoModel`) + pooling + `task_heads[t]`: Linear(hidden, len(task_labels[t])).
 
-    Task ids index `task_labels` in insertion order. The heads are trained with the adapters: a
-    skills library that freezes the backbone must keep `modules_to_save` trainable.
+    Task ids index `task_labels` in insertion order. The heads are trained with the adapters (a skills
+    library that freezes the backbone must keep `modules_to_save` trainable); they and the logits are
+    float32 whatever the encoder's dtype.
     """
 
     # For `SkillConfig(modules_to_save=...)`: kept trainable and saved with the adapters.
@@ -43,7 +44,9 @@ class TaskHeadClassifier(nn.Module):
             raise ValueError("TaskHeadClassifier.task_labels={}: at least one task is needed")
         for task, labels in task_labels.items():
             if len(labels) < 2:
-                raise ValueError(f"TaskHeadClassifier.task_labels[{task!r}]={list(labels)!r}: needs >= 2 labels")
+                raise ValueError(
+                    f"TaskHeadClassifier.task_labels[{task!r}]={list(labels)!r}: needs >= 2 labels"
+                )
         self.encoder = encoder
         self.config = encoder.config  # what trainers and adapter libraries look for on a model
         self.pooling = pooling
@@ -51,9 +54,12 @@ class TaskHeadClassifier(nn.Module):
         self.task_labels = {task: list(labels) for task, labels in task_labels.items()}
         hidden = encoder.config.hidden_size
         self.dropout = nn.Dropout(head_dropout)
-        self.task_heads = nn.ModuleList(nn.Linear(hidden, len(labels)) for labels in self.task_labels.values())
+        # float32 whatever the encoder's dtype, like the adapters: small, and trained.
+        self.task_heads = nn.ModuleList(nn.Linear(hidden, len(labels)) for labels in task_labels.values())
         self.register_buffer(
-            "num_labels", torch.tensor([len(labels) for labels in self.task_labels.values()]), persistent=False
+            "num_labels",
+            torch.tensor([len(labels) for labels in self.task_labels.values()]),
+            persistent=False,
         )
 
     @property
@@ -88,24 +94,26 @@ class TaskHeadClassifier(nn.Module):
         labels: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
-        pooled = self.dropout(self.encode(input_ids, attention_mask, token_type_ids))
+        pooled = self.dropout(self.encode(input_ids, attention_mask, token_type_ids).float())
         task_ids = torch.as_tensor(task_ids, device=pooled.device)
         logits = pooled.new_full((pooled.shape[0], self.max_labels), MASKED_LOGIT)
         for task_id in task_ids.unique().tolist():
             if not 0 <= task_id < len(self.task_heads):
-                raise IndexError(f"TaskHeadClassifier: task id {task_id} out of range [0, {len(self.task_heads)})")
+                raise IndexError(
+                    f"TaskHeadClassifier: task id {task_id} out of range [0, {len(self.task_heads)})"
+                )
             rows = task_ids == task_id
             head = self.task_heads[task_id]
-            logits[rows, : head.out_features] = head(pooled[rows]).to(logits.dtype)
+            logits[rows, : head.out_features] = head(pooled[rows])
         loss = None
         if labels is not None:
             labels = labels.to(logits.device)
             if bool((labels < 0).any() | (labels >= self.num_labels[task_ids]).any()):
                 raise ValueError(
-                    f"TaskHeadClassifier: labels {labels.tolist()} out of range for tasks {task_ids.tolist()} "
-                    f"(label counts {self.num_labels.tolist()})"
+                    f"TaskHeadClassifier: labels {labels.tolist()} out of range for tasks "
+                    f"{task_ids.tolist()} (label counts {self.num_labels.tolist()})"
                 )
-            loss = nn.functional.cross_entropy(logits.float(), labels)
+            loss = nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     @torch.no_grad()

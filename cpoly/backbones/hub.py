@@ -2,8 +2,8 @@
 
 Without network, `from_pretrained` retries for about 25 seconds before failing (HF_HUB_OFFLINE unset)
 and then prints a generic message. We decide up front whether the Hub can be reached (the offline
-environment variables, else one HTTP request bounded to a few seconds), load with `local_files_only=True` when it cannot, and turn a cache miss into one line that says how to fix
-it.
+environment variables, else one HTTP request bounded to a few seconds), load with
+`local_files_only=True` when it cannot, and turn a cache miss into one line that says how to fix it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ class BackboneUnavailableError(RuntimeError):
 
 
 def offline_by_env() -> bool:
-    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hub_endpoint() -> str:

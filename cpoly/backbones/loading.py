@@ -66,10 +66,10 @@ def load_backbone(
     cfg = BackboneConfig.from_any(cfg).validate()
     if cfg.kind == "encoder" and not task_labels:
         raise BackboneConfigError(
-            f"backbone {cfg.name}: kind=encoder needs task_labels (task -> label words) to size its task heads"
+            f"backbone {cfg.name}: kind=encoder needs task_labels (task -> label words) to size its heads"
         )
     dtype = resolve_dtype(cfg.dtype, device_supports_bf16)
-    model, tokenizer = _load_weights_and_tokenizer(cfg, Path(cache_dir))
+    model, tokenizer = _load_weights_and_tokenizer(cfg, Path(cache_dir), dtype)
     tokenizer = prepare_tokenizer(tokenizer, cfg.kind, cfg.name)
     if cfg.kind == "encoder":
         with torch.random.fork_rng(devices=[]):
@@ -77,12 +77,13 @@ def load_backbone(
             model = TaskHeadClassifier(model, task_labels, pooling=cfg.pooling, head_dropout=cfg.head_dropout)
     else:
         _configure_generation(model, tokenizer, cfg)
-    model = model.to(dtype)
     _check_targets(model, cfg)
     return Backbone(model=model, tokenizer=tokenizer, kind=cfg.kind, config=cfg)
 
 
-def _load_weights_and_tokenizer(cfg: BackboneConfig, cache_dir: Path) -> tuple[nn.Module, Any]:
+def _load_weights_and_tokenizer(
+    cfg: BackboneConfig, cache_dir: Path, dtype: torch.dtype
+) -> tuple[nn.Module, Any]:
     auto_class = auto_model_class(cfg.kind)
     # Where the weights (or the starting config of a random model) come from, and whether to stay
     # off the network for them.
@@ -94,24 +95,35 @@ def _load_weights_and_tokenizer(cfg: BackboneConfig, cache_dir: Path) -> tuple[n
         location, local_only = None, True
 
     if cfg.tokenizer_id is None and location is not None:
-        tokenizer = _hub_call(cfg, location, load_tokenizer, location, revision=cfg.revision,
-                              local_files_only=local_only)
+        tokenizer = _hub_call(
+            cfg, location, load_tokenizer, location, revision=cfg.revision, local_files_only=local_only
+        )
     elif cfg.tokenizer_id in (None, BYT5_TOKENIZER):
         tokenizer = load_tokenizer(BYT5_TOKENIZER)
     else:
         tokenizer_location, tokenizer_local_only = _hub_location(cfg, cfg.tokenizer_id)
-        tokenizer = _hub_call(cfg, tokenizer_location, load_tokenizer, tokenizer_location,
-                              local_files_only=tokenizer_local_only)
+        tokenizer = _hub_call(
+            cfg, tokenizer_location, load_tokenizer, tokenizer_location, local_files_only=tokenizer_local_only
+        )
 
     if cfg.source == "random":
-        config = _hub_call(cfg, location, random_model_config, cfg, tokenizer, location,
-                          local_files_only=local_only)
-        return random_model(auto_class, config, cfg.init_seed), tokenizer
+        config = _hub_call(
+            cfg, location, random_model_config, cfg, tokenizer, location, local_files_only=local_only
+        )
+        return random_model(auto_class, config, cfg.init_seed).to(dtype), tokenizer
     extra = {} if cfg.attn_implementation is None else {"attn_implementation": cfg.attn_implementation}
-    # Weights load in float32 and are cast once at the end, after any heads are added.
+    # Loaded straight in `dtype` (no float32 copy of a large model first); transformers keeps the
+    # modules an architecture needs in float32 (T5's `wo` under float16) that way.
     model = _hub_call(
-        cfg, location, auto_class.from_pretrained, location, revision=cfg.revision, dtype=torch.float32,
-        local_files_only=local_only, **extra, **cfg.model_overrides,
+        cfg,
+        location,
+        auto_class.from_pretrained,
+        location,
+        revision=cfg.revision,
+        dtype=dtype,
+        local_files_only=local_only,
+        **extra,
+        **cfg.model_overrides,
     )
     return model, tokenizer
 
@@ -122,7 +134,7 @@ def _hub_location(cfg: BackboneConfig, model_id: str) -> tuple[str, bool]:
         path = Path(model_id).expanduser()
         if not path.is_dir():
             raise hub.BackboneUnavailableError(
-                f"backbone {cfg.name}: backbone.model_id={model_id!r} looks like a path but is not a directory"
+                f"backbone {cfg.name}: backbone.model_id={model_id!r} looks like a path but is no directory"
             )
         return str(path), True
     if not hub.hub_offline():

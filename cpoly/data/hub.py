@@ -15,7 +15,9 @@ _TRUE = {"1", "true", "yes", "on"}
 
 def hub_is_offline() -> bool:
     """True when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE asks for offline mode."""
-    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def require_online(benchmark: str, looked_for: str, dataset_id: str) -> None:
@@ -23,7 +25,7 @@ def require_online(benchmark: str, looked_for: str, dataset_id: str) -> None:
     if hub_is_offline():
         raise DataError(
             f"no local {benchmark} data ({looked_for}) and the Hub is disabled (HF_HUB_OFFLINE / "
-            f"HF_DATASETS_OFFLINE is set): set CPOLY_DATA_DIR (or paths.data_dir) to a folder holding the data "
+            f"HF_DATASETS_OFFLINE is set): set CPOLY_DATA_DIR (or paths.data_dir) to a folder with the data "
             f"(see docs/benchmarks.md), or unset HF_HUB_OFFLINE and HF_DATASETS_OFFLINE to download "
             f"{dataset_id!r} from the Hub"
         )

@@ -16,6 +16,7 @@ from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
+
 class DataError(ValueError):
     """A data file, task list or data config that cannot be used as it is."""
 
@@ -40,7 +41,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from None
+                raise DataError(
+                    f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})"
+                ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
             yield line_no, obj
@@ -60,7 +63,7 @@ def find_jsonl(folder: Path, stem: str) -> Path | None:
 
 
 def read_name_list(path: str | Path, allow_empty: bool = False) -> list[str]:
-    """Read a task list: one name per line; blank lines and `#` comments are ignored; duplicates are errors."""
+    """Read a task list: one name per line; blank lines and `#` comments skipped; duplicates are errors."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"task list {path}: file not found")
@@ -72,7 +75,9 @@ def read_name_list(path: str | Path, allow_empty: bool = False) -> list[str]:
             if not name:
                 continue
             if name in first_line:
-                raise DataError(f"{path}:{line_no}: task {name!r} is listed twice (first on line {first_line[name]})")
+                raise DataError(
+                    f"{path}:{line_no}: task {name!r} is listed twice (first on line {first_line[name]})"
+                )
             first_line[name] = line_no
             names.append(name)
     if not names and not allow_empty:
@@ -113,7 +118,7 @@ def file_key(path: Path) -> tuple[str, int, int]:
 
 
 def cached_per_file(parse: Callable[[Path], T]) -> Callable[[Path], T]:
-    """Parse a file once per process; parse again when the file changes. Callers must not mutate the result."""
+    """Parse a file once per process, again when it changes. Callers must not mutate the result."""
 
     @functools.lru_cache(maxsize=32)
     def parse_key(key: tuple[str, int, int]) -> T:
@@ -132,7 +137,8 @@ def require(obj: dict[str, Any], field: str, types: type | tuple[type, ...], whe
     if field not in obj:
         raise DataError(f"{where}: missing field {field!r}")
     value = obj[field]
-    if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
+    # bool is an int subclass: True must not pass as an int field
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
         expected = " or ".join(t.__name__ for t in _as_tuple(types))
         raise DataError(f"{where}: field {field!r} should be {expected}, got {short_repr(value)}")
     return value

@@ -23,25 +23,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from cpoly.data.example import BenchmarkData, Example
 from cpoly.data.io import DataError, iter_jsonl, resolve_data_dir, seeded_rng, short_repr
 
-DEFAULT_MAIN_METRIC = {"superni": "rougeL", "classification": "accuracy", "synthetic": "exact_match", "superglue": "score"}
+DEFAULT_MAIN_METRIC = {
+    "superni": "rougeL",
+    "classification": "accuracy",
+    "synthetic": "exact_match",
+    "superglue": "score",
+}
 
 
 @dataclass
 class JsonlConfig:
     name: str = "jsonl"
     data_seed: int = 42  # seed of the per-task split of `file`; separate from the training seed
-    train_file: Optional[str] = None
-    eval_file: Optional[str] = None
-    file: Optional[str] = None  # instead of train_file + eval_file: one file split per task
+    train_file: str | None = None
+    eval_file: str | None = None
+    file: str | None = None  # instead of train_file + eval_file: one file split per task
     eval_fraction: float = 0.1
-    tasks: Optional[list[str]] = None  # null: every training task, sorted
+    tasks: list[str] | None = None  # null: every training task, sorted
     metric: str = "auto"  # auto | superni | classification | synthetic | superglue
-    main_metric: Optional[str] = None  # null: the metric's main key
+    main_metric: str | None = None  # null: the metric's main key
 
 
 def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
@@ -51,7 +56,11 @@ def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
     if cfg.file:
         path = _resolve(cfg.file, data_dir, "file")
         train, evaluation = _split_per_task(_read_examples(path, ids), cfg)
-        files: dict[str, Any] = {"file": str(path), "eval_fraction": cfg.eval_fraction, "data_seed": cfg.data_seed}
+        files: dict[str, Any] = {
+            "file": str(path),
+            "eval_fraction": cfg.eval_fraction,
+            "data_seed": cfg.data_seed,
+        }
     else:
         train_path = _resolve(cfg.train_file, data_dir, "train_file")
         eval_path = _resolve(cfg.eval_file, data_dir, "eval_file")
@@ -61,7 +70,9 @@ def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
     if cfg.tasks is not None:
         missing = [t for t in cfg.tasks if t not in train_tasks]
         if missing:
-            raise DataError(f"benchmark.tasks: {missing} have no training lines (tasks present: {train_tasks})")
+            raise DataError(
+                f"benchmark.tasks: {missing} have no training lines (tasks present: {train_tasks})"
+            )
         task_names = list(cfg.tasks)
         train = [ex for ex in train if ex.task in task_names]
         evaluation = [ex for ex in evaluation if ex.task in task_names]
@@ -93,11 +104,15 @@ def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
 
 def _resolve(name: str | None, data_dir: Path | None, field_name: str) -> Path:
     path = Path(str(name)).expanduser()
-    candidates = [path] if path.is_absolute() else [*([data_dir / path] if data_dir else []), Path.cwd() / path]
+    candidates = (
+        [path] if path.is_absolute() else [*([data_dir / path] if data_dir else []), Path.cwd() / path]
+    )
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise DataError(f"benchmark.{field_name}={name!r}: file not found (looked at {', '.join(map(str, candidates))})")
+    raise DataError(
+        f"benchmark.{field_name}={name!r}: file not found (looked at {', '.join(map(str, candidates))})"
+    )
 
 
 def _read_examples(path: Path, ids: dict[str, str]) -> list[Example]:
@@ -176,4 +191,6 @@ def _check_config(cfg: JsonlConfig) -> None:
     if not 0.0 < cfg.eval_fraction < 1.0:
         raise DataError(f"benchmark.eval_fraction={cfg.eval_fraction!r}: must be in (0, 1)")
     if cfg.metric != "auto" and cfg.metric not in DEFAULT_MAIN_METRIC:
-        raise DataError(f"benchmark.metric={cfg.metric!r}: expected 'auto' or one of {sorted(DEFAULT_MAIN_METRIC)}")
+        raise DataError(
+            f"benchmark.metric={cfg.metric!r}: expected 'auto' or one of {sorted(DEFAULT_MAIN_METRIC)}"
+        )

@@ -58,7 +58,9 @@ class MultiTaskBatchSampler:
     `tasks` holds each example's task (any hashable: task ids or names), `lengths` each example's
     token count (needed for `group_by_length`). `batch_size` is the *global* batch size, split over
     `num_replicas`. Iterating yields this rank's batches from `start_step`; use it as a DataLoader's
-    `batch_sampler` and stop after the step budget (the stream never ends).
+    `batch_sampler` and stop after the step budget (the stream never ends). A step is one yielded
+    batch: with gradient accumulation, resume at `optimizer_step * accumulation_steps`. Shard here,
+    not again in the DataLoader (e.g. Accelerate must not wrap this batch sampler in its own sharding).
     """
 
     tasks: Sequence[Any]

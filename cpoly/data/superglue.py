@@ -19,13 +19,22 @@ shared/data/superglue), else the Hub dataset `aps/super_glue` when online. Score
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from cpoly.data.example import BenchmarkData, Example
 from cpoly.data.hub import load_hub_rows, require_online
-from cpoly.data.io import DataError, cached_per_file, find_jsonl, read_jsonl, resolve_data_dir, sample_in_order, seeded_rng
+from cpoly.data.io import (
+    DataError,
+    file_key,
+    find_jsonl,
+    read_jsonl,
+    resolve_data_dir,
+    sample_in_order,
+    seeded_rng,
+)
 from cpoly.data.superglue_tasks import TASKS, SuperGLUETask, Unit, records_from_hub_rows
 
 HUB_DATASET = "aps/super_glue"
@@ -37,9 +46,9 @@ OPTIONAL_TASKS = ("record",)
 class SuperGLUEConfig:
     name: str = "superglue"
     data_seed: int = 42  # seed of the caps and of train_from_validation; separate from the training seed
-    tasks: Optional[list[str]] = None  # null: the seven tasks, plus record when its files exist
-    n_train_per_task: Optional[int] = None  # null: all
-    n_eval_per_task: Optional[int] = None  # null: the whole validation split (official)
+    tasks: list[str] | None = None  # null: the seven tasks, plus record when its files exist
+    n_train_per_task: int | None = None  # null: all
+    n_eval_per_task: int | None = None  # null: the whole validation split (official)
     train_from_validation: bool = False
     validation_train_fraction: float = 0.5
     hub_dataset: str = HUB_DATASET  # used only without a local folder and with the Hub online
@@ -49,7 +58,9 @@ def load_superglue(cfg: SuperGLUEConfig, data_dir: Path | str | None) -> Benchma
     _check_config(cfg)
     root = _local_root(resolve_data_dir(data_dir))
     if root is None:
-        looked = "no data_dir given" if data_dir is None else f"looked for {Path(data_dir) / 'superglue'}/<Task>/"
+        looked = (
+            "no data_dir given" if data_dir is None else f"looked for {Path(data_dir) / 'superglue'}/<Task>/"
+        )
         require_online("SuperGLUE", looked, cfg.hub_dataset)
     explicit = cfg.tasks is not None
     names = list(cfg.tasks) if explicit else [*CORE_TASKS, *OPTIONAL_TASKS]
@@ -58,27 +69,13 @@ def load_superglue(cfg: SuperGLUEConfig, data_dir: Path | str | None) -> Benchma
     task_names: list[str] = []
     info: dict[str, Any] = {"skipped": {}, "train_from_validation": {}, "counts": {}}
     for name in names:
-        task = TASKS[name]
-        if root is None:
-            train_units, eval_units = _hub_units(task, cfg.hub_dataset)
-        else:
-            files = _local_files(root, task, explicit, cfg)
-            if files is None:
-                info["skipped"][name] = f"no train/val files under {root / task.folder} (only schema samples)"
-                continue
-            train_path, val_path = files
-            eval_units = _file_units(task, val_path, "val")
-            if train_path is None:
-                train_units, eval_units = _split_validation(task, eval_units, cfg)
-                info["train_from_validation"][name] = {
-                    "fraction": cfg.validation_train_fraction,
-                    "train_units": len(train_units),
-                    "eval_units": len(eval_units),
-                    "file": str(val_path),
-                }
-            else:
-                train_units = _file_units(task, train_path, "train")
-        train_units = sample_in_order(train_units, cfg.n_train_per_task, seeded_rng(cfg.data_seed, name, "train"))
+        units = _task_units(TASKS[name], root, explicit, cfg, info)
+        if units is None:
+            continue
+        train_units, eval_units = units
+        train_units = sample_in_order(
+            train_units, cfg.n_train_per_task, seeded_rng(cfg.data_seed, name, "train")
+        )
         eval_units = sample_in_order(eval_units, cfg.n_eval_per_task, seeded_rng(cfg.data_seed, name, "eval"))
         task_train = [ex for unit in train_units for ex in unit]
         task_eval = [ex for unit in eval_units for ex in unit]
@@ -108,6 +105,32 @@ def load_superglue(cfg: SuperGLUEConfig, data_dir: Path | str | None) -> Benchma
         main_metric="score",
         info=info,
     )
+
+
+def _task_units(
+    task: SuperGLUETask, root: Path | None, explicit: bool, cfg: SuperGLUEConfig, info: dict[str, Any]
+) -> tuple[list[Unit], list[Unit]] | None:
+    """(train units, eval units) of one task before the caps; None (noted in info) to skip it."""
+    if root is None:
+        return _hub_units(task, cfg.hub_dataset)
+    files = _local_files(root, task, explicit, cfg)
+    if files is None:
+        info["skipped"][task.name] = (
+            f"{root / task.folder}/train.jsonl[.gz] and val.jsonl[.gz] are not both there"
+        )
+        return None
+    train_path, val_path = files
+    eval_units = _file_units(task, val_path, "val")
+    if train_path is not None:
+        return _file_units(task, train_path, "train"), eval_units
+    train_units, eval_units = _split_validation(task, eval_units, cfg)
+    info["train_from_validation"][task.name] = {
+        "fraction": cfg.validation_train_fraction,
+        "train_units": len(train_units),
+        "eval_units": len(eval_units),
+        "file": str(val_path),
+    }
+    return train_units, eval_units
 
 
 def _local_root(data_dir: Path | None) -> Path | None:
@@ -144,10 +167,18 @@ def _local_files(
 
 
 def _file_units(task: SuperGLUETask, path: Path, split: str) -> list[Unit]:
-    return [unit for line_no, record in _read(path) for unit in task.build(record, split, f"{path}:{line_no}")]
+    return list(_built_units(file_key(path), task.name, split))
 
 
-_read = cached_per_file(read_jsonl)
+@functools.lru_cache(maxsize=32)
+def _built_units(key: tuple[str, int, int], task: str, split: str) -> tuple[Unit, ...]:
+    # Built once per process and file version (MultiRC alone is 27k Examples); Examples are immutable.
+    path = Path(key[0])
+    return tuple(
+        unit
+        for line_no, record in read_jsonl(path)
+        for unit in TASKS[task].build(record, split, f"{path}:{line_no}")
+    )
 
 
 def _hub_units(task: SuperGLUETask, dataset_id: str) -> tuple[list[Unit], list[Unit]]:
@@ -155,11 +186,15 @@ def _hub_units(task: SuperGLUETask, dataset_id: str) -> tuple[list[Unit], list[U
     for split, tag in (("train", "train"), ("validation", "val")):
         records = records_from_hub_rows(task.name, load_hub_rows(dataset_id, split, task.hub_config))
         where = f"{dataset_id}[{task.hub_config}/{split}]"
-        units[tag] = [unit for i, record in enumerate(records) for unit in task.build(record, tag, f"{where} row {i}")]
+        units[tag] = [
+            unit for i, record in enumerate(records) for unit in task.build(record, tag, f"{where} row {i}")
+        ]
     return units["train"], units["val"]
 
 
-def _split_validation(task: SuperGLUETask, units: list[Unit], cfg: SuperGLUEConfig) -> tuple[list[Unit], list[Unit]]:
+def _split_validation(
+    task: SuperGLUETask, units: list[Unit], cfg: SuperGLUEConfig
+) -> tuple[list[Unit], list[Unit]]:
     order = list(range(len(units)))
     seeded_rng(cfg.data_seed, task.name, "train_from_validation").shuffle(order)
     n_train = round(cfg.validation_train_fraction * len(units))
@@ -183,4 +218,6 @@ def _check_config(cfg: SuperGLUEConfig) -> None:
         if value is not None and value < 1:
             raise DataError(f"benchmark.{field_name}={value!r}: must be >= 1 or null (all)")
     if not 0.0 < cfg.validation_train_fraction < 1.0:
-        raise DataError(f"benchmark.validation_train_fraction={cfg.validation_train_fraction!r}: must be in (0, 1)")
+        raise DataError(
+            f"benchmark.validation_train_fraction={cfg.validation_train_fraction!r}: must be in (0, 1)"
+        )

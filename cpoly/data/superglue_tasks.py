@@ -4,16 +4,28 @@ Every classification task has fixed label words (`choices`, negative class first
 target is the gold label word, so a generative backbone predicts the word and an encoder backbone the
 index of the word in `choices`. The prompts list the options and end with the cue `Answer:`.
 
-| task | label words | prompt |
-|---|---|---|
-| boolq | false, true | `Passage: {passage}\\nQuestion: {question}?\\nOptions: false, true\\nAnswer:` |
-| cb | entailment, contradiction, neutral | `Premise: {premise}\\nHypothesis: {hypothesis}\\nDoes the premise entail the hypothesis?\\nOptions: entailment, contradiction, neutral\\nAnswer:` |
-| copa | choice1, choice2 | `Premise: {premise}\\nQuestion: What was the cause?` (or `What happened as a result?`) `\\nchoice1: {choice1}\\nchoice2: {choice2}\\nOptions: choice1, choice2\\nAnswer:` |
-| multirc | false, true | `Paragraph: {paragraph}\\nQuestion: {question}\\nCandidate answer: {answer}\\nIs the candidate answer correct?\\nOptions: false, true\\nAnswer:` (one Example per answer option, `group` = its question) |
-| rte | entailment, not_entailment | as cb with its two options |
-| wic | false, true | `Sentence 1: {sentence1}\\nSentence 2: {sentence2}\\nQuestion: Is the word "{word}" used with the same meaning in both sentences?\\nOptions: false, true\\nAnswer:` |
-| wsc | false, true | `Text: {text with the pronoun marked *like this*}\\nQuestion: In the text above, does the pronoun "*{span2}*" refer to "{span1}"?\\nOptions: false, true\\nAnswer:` |
-| record | (none: generative) | `Passage: {passage, @highlight lines as "- " bullets}\\nQuery: {query}\\nEntities: {e1}, {e2}, ...\\nQuestion: Which entity should replace @placeholder in the query?\\nAnswer:`; targets = all gold answer strings |
+Prompts (`\\n` is a newline; long ones are cut over two backquoted lines here) and label words:
+
+- boolq (false, true):
+  `Passage: {passage}\\nQuestion: {question}?\\nOptions: false, true\\nAnswer:`
+- cb (entailment, contradiction, neutral) and rte (entailment, not_entailment):
+  `Premise: {premise}\\nHypothesis: {hypothesis}\\nDoes the premise entail the hypothesis?\\n`
+  `Options: <the label words>\\nAnswer:`
+- copa (choice1, choice2):
+  `Premise: {premise}\\nQuestion: What was the cause?\\nchoice1: {choice1}\\nchoice2: {choice2}\\n`
+  `Options: choice1, choice2\\nAnswer:` (for `effect`: `What happened as a result?`)
+- multirc (false, true), one Example per answer option with `group` = its question:
+  `Paragraph: {paragraph}\\nQuestion: {question}\\nCandidate answer: {answer}\\n`
+  `Is the candidate answer correct?\\nOptions: false, true\\nAnswer:`
+- wic (false, true):
+  `Sentence 1: {sentence1}\\nSentence 2: {sentence2}\\nQuestion: Is the word "{word}" used with the same `
+  `meaning in both sentences?\\nOptions: false, true\\nAnswer:`
+- wsc (false, true), the pronoun marked `*like this*` in the text where the span index points at it:
+  `Text: {text}\\nQuestion: In the text above, does the pronoun "*{span2}*" refer to "{span1}"?\\n`
+  `Options: false, true\\nAnswer:`
+- record (no label words: generative; targets = all gold answer strings):
+  `Passage: {passage, "@highlight" lines as "- " bullets}\\nQuery: {query}\\nEntities: {e1}, {e2}, ...\\n`
+  `Question: Which entity should replace @placeholder in the query?\\nAnswer:`
 
 Records are read in the official jsonl schema (shared/data/superglue); `records_from_hub_rows` turns rows of
 the Hub dataset `aps/super_glue` (ClassLabel ints, flattened MultiRC/WSC/ReCoRD) into that schema first.
@@ -46,7 +58,9 @@ def _options(words: Iterable[str]) -> str:
 
 
 def _one(task: str, split: str, idx: Any, source: str, words: tuple[str, ...], label: int) -> list[Unit]:
-    example = Example(task=task, source=source, target=words[label], choices=list(words), id=f"{task}-{split}-{idx}")
+    example = Example(
+        task=task, source=source, target=words[label], choices=list(words), id=f"{task}-{split}-{idx}"
+    )
     return [[example]]
 
 
@@ -80,7 +94,9 @@ COPA_WORDS = ("choice1", "choice2")
 def _boolq(record: dict[str, Any], split: str, where: str) -> list[Unit]:
     question = require(record, "question", str, where).strip()
     question = question if question.endswith("?") else question + "?"
-    source = f"Passage: {require(record, 'passage', str, where).strip()}\nQuestion: {question}\n" + _options(BINARY)
+    source = f"Passage: {require(record, 'passage', str, where).strip()}\nQuestion: {question}\n" + _options(
+        BINARY
+    )
     return _one("boolq", split, record.get("idx"), source, BINARY, _bool_label(record, where))
 
 
@@ -157,19 +173,19 @@ def _wsc(record: dict[str, Any], split: str, where: str) -> list[Unit]:
     span2 = require(target, "span2_text", str, where).strip()
     text = _mark_words(require(record, "text", str, where), require(target, "span2_index", int, where), span2)
     source = (
-        f"Text: {text}\nQuestion: In the text above, does the pronoun \"*{span2}*\" refer to \"{span1}\"?\n"
+        f'Text: {text}\nQuestion: In the text above, does the pronoun "*{span2}*" refer to "{span1}"?\n'
         + _options(BINARY)
     )
     return _one("wsc", split, record.get("idx"), source, BINARY, _bool_label(record, where))
 
 
 def _mark_words(text: str, index: int, span: str) -> str:
-    """Put *...* around `span` at word `index` so a repeated pronoun is unambiguous; unchanged if it is not there."""
+    """Put *...* around `span` at word `index` so a repeated pronoun is unambiguous (if it is there)."""
     words = text.split()
     joined = " ".join(words[index : index + len(span.split())])
     if not span or not joined.lower().startswith(span.lower()):
         return text
-    marked = f"*{joined[: len(span)]}*{joined[len(span):]}"
+    marked = f"*{joined[: len(span)]}*{joined[len(span) :]}"
     return " ".join([*words[:index], marked, *words[index + len(span.split()) :]])
 
 
@@ -201,7 +217,9 @@ def _span_text(text: str, item: Any, where: str) -> str:
         return item["text"]
     if isinstance(item, dict) and isinstance(item.get("start"), int) and isinstance(item.get("end"), int):
         return text[item["start"] : item["end"] + 1]
-    raise DataError(f"{where}: ReCoRD entity/answer should be a string or a {{start, end}} span, got {short_repr(item)}")
+    raise DataError(
+        f"{where}: ReCoRD entity/answer should be a string or a {{start, end}} span, got {short_repr(item)}"
+    )
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -227,7 +245,7 @@ TASKS: dict[str, SuperGLUETask] = {
 
 
 def records_from_hub_rows(task: str, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the Hub dataset `aps/super_glue` (config `TASKS[task].hub_config`) in the official jsonl schema.
+    """Rows of the Hub dataset `aps/super_glue` (config `TASKS[task].hub_config`) in the official schema.
 
     The Hub uses ClassLabel ints (boolq/wic/wsc/multirc 0=False; cb 0=entailment 1=contradiction 2=neutral;
     rte 0=entailment 1=not_entailment), flattens WSC's `target`, and has one row per MultiRC answer option
@@ -260,12 +278,17 @@ def _multirc_passages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     questions: dict[tuple[Any, Any], dict[str, Any]] = {}
     for row in rows:
         idx = row["idx"]
-        passage = passages.setdefault(idx["paragraph"], {"idx": idx["paragraph"], "passage": {"text": row["paragraph"], "questions": []}})
+        passage = passages.setdefault(
+            idx["paragraph"],
+            {"idx": idx["paragraph"], "passage": {"text": row["paragraph"], "questions": []}},
+        )
         key = (idx["paragraph"], idx["question"])
         if key not in questions:
             questions[key] = {"question": row["question"], "idx": idx["question"], "answers": []}
             passage["passage"]["questions"].append(questions[key])
-        questions[key]["answers"].append({"text": row["answer"], "idx": idx["answer"], "label": int(row["label"])})
+        questions[key]["answers"].append(
+            {"text": row["answer"], "idx": idx["answer"], "label": int(row["label"])}
+        )
     return list(passages.values())
 
 
@@ -274,7 +297,12 @@ def _record_passages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         idx = row["idx"]
         passage = passages.setdefault(
-            idx["passage"], {"idx": idx["passage"], "passage": {"text": row["passage"], "entities": list(row["entities"])}, "qas": []}
+            idx["passage"],
+            {
+                "idx": idx["passage"],
+                "passage": {"text": row["passage"], "entities": list(row["entities"])},
+                "qas": [],
+            },
         )
         passage["qas"].append({"query": row["query"], "idx": idx["query"], "answers": list(row["answers"])})
     return list(passages.values())

@@ -27,7 +27,7 @@ Prompt (Tk-Instruct's layout; every piece is a config field, `{...}` are `str.fo
 which by default reads
 
     Definition: <definition>\\n\\n
-    Positive Example 1 -\\nInput: <input>\\nOutput: <output>\\n\\n          (only when n_positive_examples > 0)
+    Positive Example 1 -\\nInput: <input>\\nOutput: <output>\\n\\n     (only if n_positive_examples > 0)
     Now complete the following example -\\nInput: <instance input>\\nOutput:
 
 The definition and demonstrations go to `Example.prefix` (the tokeniser shortens them first), the instance
@@ -36,15 +36,15 @@ to `Example.source`. Targets are all non-empty reference outputs (the first is t
 Usable instances: outputs are stripped; an instance with no non-empty output is left out and counted in
 `info["dropped_empty_target_instances"]` (`empty_targets: drop`, the default: the real data has a few, e.g.
 task388) or is an error naming the task and instance (`empty_targets: error`); with `dedup_inputs` an
-instance whose input repeats an earlier one of the same task (up to spacing) is left out too, so no evaluation input can
-also be a training input.
+instance whose input repeats an earlier one of the same task (up to surrounding spaces) is left out too,
+so no evaluation input can also be a training input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from cpoly.data.example import BenchmarkData, Example
 from cpoly.data.io import DataError, read_name_list, resolve_data_dir, seeded_rng
@@ -60,10 +60,10 @@ class SuperNIConfig:
     # Seed of every data draw (tasks and instances); separate from the training seed so that every method
     # and every training seed sees the same tasks and instances.
     data_seed: int = 42
-    n_tasks: Optional[int] = 100  # null: every eligible task of the pool
+    n_tasks: int | None = 100  # null: every eligible task of the pool
     n_train_per_task: int = 1000
     n_eval_per_task: int = 100
-    task_list: Optional[str] = None  # file with one task name per line; replaces the draw
+    task_list: str | None = None  # file with one task name per line; replaces the draw
     # Official default-split lists whose tasks may be drawn (train | test | excluded). The default keeps the
     # 119 test tasks out, so they stay unseen for cross-task evaluation, and adds the English tasks of the
     # excluded list (the shared offline copy has only 82 train-list tasks with 1,100 instances).
@@ -97,6 +97,7 @@ def load_superni(cfg: SuperNIConfig, data_dir: Path | str | None) -> BenchmarkDa
         "n_train": len(train),
         "n_eval": len(evaluation),
         "n_positive_examples": cfg.n_positive_examples,
+        "fewer_positive_examples": _fewer_demonstrations(store, {ex.task for ex in train + evaluation}, cfg),
         "dropped_empty_target_instances": usable.dropped_empty,
         "dropped_duplicate_inputs": usable.dropped_duplicates,
     }
@@ -129,7 +130,9 @@ def _cpoly_protocol(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConf
         picks = seeded_rng(cfg.data_seed, name).sample(range(len(instances)), need)
         prefix = _prefix(store.get(name), cfg)
         train += [_example(name, prefix, instances[i], cfg) for i in sorted(picks[: cfg.n_train_per_task])]
-        evaluation += [_example(name, prefix, instances[i], cfg) for i in sorted(picks[cfg.n_train_per_task :])]
+        evaluation += [
+            _example(name, prefix, instances[i], cfg) for i in sorted(picks[cfg.n_train_per_task :])
+        ]
     return train, evaluation, task_names, info
 
 
@@ -138,7 +141,9 @@ def _cross_task_protocol(store: TaskStore, usable: _UsableInstances, cfg: SuperN
         task_names, _ = _listed_tasks(store, usable, cfg, need=1)
     else:
         task_names = sorted(_drawn_tasks(store, usable, cfg, need=1, n_tasks=cfg.n_tasks))
-    test_tasks = [n for n in store.split_lists.get("test", []) if n in store.available and _language_ok(store, n, cfg)]
+    test_tasks = [
+        n for n in store.split_lists.get("test", []) if n in store.available and _language_ok(store, n, cfg)
+    ]
     test_tasks = [n for n in test_tasks if n not in task_names and usable.get(n)]
     if not test_tasks:
         raise DataError(f"cross_task protocol: no default test task has data in {store.location}")
@@ -165,7 +170,9 @@ def _cross_task_protocol(store: TaskStore, usable: _UsableInstances, cfg: SuperN
     return train, evaluation, task_names, info
 
 
-def _drawn_tasks(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig, need: int, n_tasks: int | None):
+def _drawn_tasks(
+    store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig, need: int, n_tasks: int | None
+):
     pool = sorted({name for split in cfg.task_pool for name in store.split_lists.get(split, [])})
     seeded_rng(cfg.data_seed, "tasks").shuffle(pool)
     chosen = []
@@ -176,9 +183,9 @@ def _drawn_tasks(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig,
             chosen.append(name)
     if n_tasks is not None and len(chosen) < n_tasks:
         raise DataError(
-            f"only {len(chosen)} tasks of task_pool={list(cfg.task_pool)} in {store.location} are "
-            f"{'English and ' if cfg.english_only else ''}have >= {need} usable instances, but n_tasks={n_tasks}: "
-            f"lower n_tasks or the per-task counts, or widen task_pool"
+            f"only {len(chosen)} tasks of task_pool={list(cfg.task_pool)} in {store.location} "
+            f"{'are English and ' if cfg.english_only else ''}have >= {need} usable instances, "
+            f"but n_tasks={n_tasks}: lower n_tasks or the per-task counts, or widen task_pool"
         )
     return chosen
 
@@ -188,7 +195,9 @@ def _listed_tasks(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig
     names = read_name_list(path)
     missing = [n for n in names if n not in store.available]
     if missing:
-        raise DataError(f"task list {path}: {len(missing)} task(s) not found in {store.location}: {_names(missing)}")
+        raise DataError(
+            f"task list {path}: {len(missing)} task(s) not found in {store.location}: {_names(missing)}"
+        )
     foreign = [n for n in names if not _language_ok(store, n, cfg)]
     if foreign:
         raise DataError(f"task list {path}: not English (english_only=true): {_names(foreign)}")
@@ -231,27 +240,36 @@ class _UsableInstances:
     def _compute(self, task: NITask) -> list[NIInstance]:
         kept, seen, empty, duplicates = [], set(), 0, 0
         for instance in task.instances:
-            refs = tuple(r.strip() for r in instance.outputs if r.strip())
+            refs = tuple(stripped for r in instance.outputs if (stripped := r.strip()))
             if not refs:
                 if self.cfg.empty_targets == "error":
                     raise DataError(
                         f"{task.origin}: instance {instance.id!r} of task {task.name!r} has an empty target "
-                        f"(outputs {list(instance.outputs)!r}); set empty_targets=drop to leave such instances out"
+                        f"(outputs {list(instance.outputs)!r}); set empty_targets=drop to leave such "
+                        "instances out"
                     )
                 empty += 1
                 continue
             if self.cfg.dedup_inputs:
-                key = " ".join(instance.input.split())  # inputs differing only in spacing are the same prompt
+                key = instance.input.strip()  # the source holds the stripped input: same key, same prompt
                 if key in seen:
                     duplicates += 1
                     continue
                 seen.add(key)
-            kept.append(NIInstance(instance.id, instance.input, refs))
+            kept.append(instance if refs == instance.outputs else instance._replace(outputs=refs))
         if empty:
             self.dropped_empty[task.name] = empty
         if duplicates:
             self.dropped_duplicates[task.name] = duplicates
         return kept
+
+
+def _fewer_demonstrations(store: TaskStore, tasks: set[str], cfg: SuperNIConfig) -> dict[str, int]:
+    """Tasks that have fewer than n_positive_examples demonstrations (they use all they have)."""
+    if cfg.n_positive_examples == 0:
+        return {}
+    counts = {name: len(store.get(name).positive_examples) for name in sorted(tasks)}
+    return {name: n for name, n in counts.items() if n < cfg.n_positive_examples}
 
 
 def _prefix(task: NITask, cfg: SuperNIConfig) -> str:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cpoly.data.hub import load_hub_rows, require_online
 from cpoly.data.io import DataError, cached_per_file, iter_jsonl, read_name_list, require, short_repr
@@ -28,8 +28,7 @@ SPLITS = ("train", "test", "excluded")
 HUB_DATASET = "Muennighoff/natural-instructions"
 
 
-@dataclass(frozen=True)
-class NIInstance:
+class NIInstance(NamedTuple):  # a NamedTuple: ~200k of them are built per parse, tuples build fast
     id: str
     input: str
     outputs: tuple[str, ...]
@@ -53,15 +52,12 @@ class TaskStore:
     location: str
     available: frozenset[str]
     split_lists: dict[str, list[str]]
-    _get: Callable[[str], NITask]
+    loader: Callable[[str], NITask]
 
     def get(self, name: str) -> NITask:
         if name not in self.available:
             raise DataError(f"SuperNI task {name!r} is not in {self.location}")
-        return self._get(name)
-
-    def split_of(self) -> dict[str, str]:
-        return {name: split for split in SPLITS for name in self.split_lists.get(split, [])}
+        return self.loader(name)
 
 
 def open_task_store(data_dir: Path | None, hub_dataset: str = HUB_DATASET) -> TaskStore:
@@ -72,7 +68,11 @@ def open_task_store(data_dir: Path | None, hub_dataset: str = HUB_DATASET) -> Ta
             return _shared_store(base)
         if (base / "tasks").is_dir():
             return _upstream_store(base)
-    looked_for = "looked for " + ", ".join(f"{b}/superni_*.jsonl.gz, {b}/tasks/" for b in bases) if bases else "no data_dir given"
+    looked_for = (
+        "looked for " + ", ".join(f"{b}/superni_*.jsonl.gz, {b}/tasks/" for b in bases)
+        if bases
+        else "no data_dir given"
+    )
     require_online("SuperNI", looked_for, hub_dataset)
     return hub_store(hub_dataset)
 
@@ -90,7 +90,9 @@ def _shared_store(base: Path) -> TaskStore:
     for path in _shared_files(base):
         for task, split in _parse_shared_file(path):
             if task.name in tasks:
-                raise DataError(f"{task.origin}: task {task.name!r} also appears in {tasks[task.name].origin}")
+                raise DataError(
+                    f"{task.origin}: task {task.name!r} also appears in {tasks[task.name].origin}"
+                )
             tasks[task.name] = task
             default_split[task.name] = split
     split_dir = base / "splits" / "default"
@@ -132,7 +134,11 @@ def _upstream_store(base: Path) -> TaskStore:
         raise DataError(f"{base}: upstream SuperNI layout without {split_dir} (the default split lists)")
     files = {p.stem: p for p in (base / "tasks").glob("*.json")}
     return TaskStore(
-        "upstream", str(base), frozenset(files), _read_split_lists(split_dir), lambda n: _parse_task_file(files[n])
+        "upstream",
+        str(base),
+        frozenset(files),
+        _read_split_lists(split_dir),
+        lambda n: _parse_task_file(files[n]),
     )
 
 
@@ -175,7 +181,7 @@ def hub_store(dataset_id: str = HUB_DATASET) -> TaskStore:
 
 
 def tasks_from_hub_rows(rows: Iterable[dict[str, Any]], origin: str = "hub") -> dict[str, NITask]:
-    """Rows of `Muennighoff/natural-instructions` (`task_name`, `id`, `definition`, `inputs`, `targets`) as tasks.
+    """Rows of `Muennighoff/natural-instructions` (`task_name`, `id`, `definition`, `inputs`, `targets`).
 
     Rows sharing a task and an instance id are one instance with several references, so both a
     one-row-per-reference and a one-row-per-instance export give the same tasks.
@@ -237,7 +243,11 @@ def _instances(value: list, task: str, where: str) -> tuple[NIInstance, ...]:
         outputs = instance.get("output") if isinstance(instance, dict) else None
         if isinstance(outputs, str):
             outputs = [outputs]
-        if not isinstance(text, str) or not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        if (
+            not isinstance(text, str)
+            or not isinstance(outputs, list)
+            or not all(isinstance(o, str) for o in outputs)
+        ):
             raise DataError(
                 f"{where}: instance {i} of task {task!r} needs a text 'input' and a list of text 'output', "
                 f"got {short_repr(instance)}"

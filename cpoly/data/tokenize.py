@@ -270,16 +270,18 @@ def _build_rows(
 def _list_array(rows: list[list[int]]) -> pa.Array:
     """A list<int32> Arrow column from ragged Python lists, without per-row Arrow conversions."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = pa.array(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1])))
+    if offsets[-1] < 2**31 - 1:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)  # over 2**31 tokens in one column
 
 
-def _to_dataset(columns: dict[str, Any]) -> datasets.Dataset:
+def _to_dataset(columns: dict[str, Any], kind: str) -> datasets.Dataset:
+    ragged = {"input_ids"} if kind == "encoder" else {"input_ids", "labels"}
     arrays = {}
     for name, values in columns.items():
-        if values and isinstance(values[0], list):
+        if name in ragged:
             arrays[name] = _list_array(values)
         else:
             arrays[name] = pa.array(values, type=pa.int64() if name == "index" else pa.int32())
@@ -341,7 +343,7 @@ def tokenize_examples(
             return TokenizedSplit(dataset=dataset, stats=stats, cache_path=entry, from_cache=True)
 
     columns, stats = _build_rows(examples, tokenizer, **settings)
-    dataset = _to_dataset(columns)
+    dataset = _to_dataset(columns, kind)
     _report(stats, where)
     if entry is None:
         return TokenizedSplit(dataset=dataset, stats=stats)

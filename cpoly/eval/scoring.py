@@ -24,7 +24,7 @@ def available_metrics() -> list[str]:
 
 
 def metric_path(name: str) -> Path:
-    """The module file of a shipped metric name, or `name` itself when it is a path to a module file/folder."""
+    """The module file of a shipped metric, or `name` itself when it is a path to a module file or folder."""
     shipped = METRICS_DIR / name / f"{name}.py"
     if shipped.is_file():
         return shipped
@@ -33,10 +33,12 @@ def metric_path(name: str) -> Path:
         return path / f"{path.name}.py"
     if path.is_file() and path.suffix == ".py":
         return path
-    raise ValueError(f"unknown metric {name!r}: expected one of {available_metrics()} or a path to an evaluate module")
+    raise ValueError(
+        f"unknown metric {name!r}: expected one of {available_metrics()} or a path to an evaluate module"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_metric(name: str):
     """The `evaluate` module of a metric, loaded by path (works with HF_HUB_OFFLINE=1), cached per process."""
     import evaluate  # imported here: importing cpoly.eval must stay cheap

@@ -52,8 +52,8 @@ def _base_model_info(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def save_skills(model: nn.Module, directory: str | Path) -> Path:
-    """Write `adapter_config.json` + `adapter_model.safetensors` to `directory` (replaced atomically)."""
+def write_skills(model: nn.Module, directory: str | Path) -> None:
+    """Write the two adapter files into an existing folder (no atomicity: see `save_skills`)."""
     state = skill_state(model)
     layers = {name: {"d_in": layer.d_in, "d_out": layer.d_out} for name, layer in skilled_layers(model)}
     meta = {
@@ -64,10 +64,22 @@ def save_skills(model: nn.Module, directory: str | Path) -> Path:
         "base_model": _base_model_info(model),
     }
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_state_dict(model).items()}
+    directory = Path(directory)
+    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": FORMAT})
+
+
+def save_skills(model: nn.Module, directory: str | Path) -> Path:
+    """Write `adapter_config.json` + `adapter_model.safetensors` to `directory` (replaced atomically)."""
     with atomic_directory(directory) as tmp:
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        write_skills(model, tmp)
     return Path(directory)
+
+
+def load_skill_tensors(model: nn.Module, directory: str | Path) -> None:
+    """Copy saved tensors into a model that already has the same skills (resuming a run)."""
+    directory = Path(directory)
+    _copy_into(model, _read_weights(directory), directory)
 
 
 def _read_adapter_config(directory: Path) -> dict[str, Any]:

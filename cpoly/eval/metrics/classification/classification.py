@@ -34,8 +34,8 @@ def macro_f1(predictions, golds, labels):
     present = [label for label in labels if label in golds or label in predictions]
     scores = []
     for label in present:
-        tp = sum(p == label and g == label for p, g in zip(predictions, golds))
-        wrong = sum((p == label) != (g == label) for p, g in zip(predictions, golds))  # fp + fn
+        tp = sum(p == label and g == label for p, g in zip(predictions, golds, strict=True))
+        wrong = sum((p == label) != (g == label) for p, g in zip(predictions, golds, strict=True))  # fp + fn
         scores.append(2 * tp / (2 * tp + wrong) if tp else 0.0)
     return sum(scores) / len(scores) if scores else 0.0
 
@@ -57,9 +57,11 @@ class Classification(evaluate.Metric):
 
     def _compute(self, predictions, references, choices=None):
         if len(predictions) != len(references) or not predictions:
-            raise ValueError(f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)")
+            raise ValueError(
+                f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)"
+            )
         preds = [_label(p) for p in predictions]
         golds = [_label(refs[0]) for refs in references]
         labels = [_label(c) for c in choices] if choices else sorted(set(golds) | set(preds))
-        accuracy = 100.0 * sum(p == g for p, g in zip(preds, golds)) / len(golds)
+        accuracy = 100.0 * sum(p == g for p, g in zip(preds, golds, strict=True)) / len(golds)
         return {"accuracy": accuracy, "f1_macro": 100.0 * macro_f1(preds, golds, labels)}

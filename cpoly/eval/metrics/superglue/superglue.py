@@ -9,7 +9,8 @@ lower-casing and collapsing whitespace. All values are percentages (0-100).
 | cb | accuracy, f1_macro | mean of accuracy and f1_macro |
 | multirc | accuracy, f1a, em | mean of f1a and em |
 | record | exact_match, f1 | mean of f1 and exact_match |
-| boolq, copa, rte, wic, wsc, others | accuracy (+ f1_macro when `choices` are given for an unknown task) | accuracy |
+| boolq, copa, rte, wic, wsc | accuracy | accuracy |
+| any other task | accuracy (+ f1_macro when `choices` are given) | accuracy |
 
 - f1_macro: per-class F1 averaged over the classes (among `choices`) that occur in the references or the
   predictions; a prediction that is no label word is wrong for its gold class and a false positive of none.
@@ -34,7 +35,9 @@ _CITATION = """\
 }
 """
 
-_DESCRIPTION = "SuperGLUE per-task metrics on label words: accuracy, CB macro-F1, MultiRC F1a/EM, ReCoRD F1/EM."
+_DESCRIPTION = (
+    "SuperGLUE per-task metrics on label words: accuracy, CB macro-F1, MultiRC F1a/EM, ReCoRD F1/EM."
+)
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -80,9 +83,9 @@ def macro_f1(predictions, golds, labels):
     present = [label for label in labels if label in golds or label in predictions]
     scores = []
     for label in present:
-        tp = sum(p == label and g == label for p, g in zip(predictions, golds))
-        fp = sum(p == label and g != label for p, g in zip(predictions, golds))
-        fn = sum(p != label and g == label for p, g in zip(predictions, golds))
+        tp = sum(p == label and g == label for p, g in zip(predictions, golds, strict=True))
+        fp = sum(p == label and g != label for p, g in zip(predictions, golds, strict=True))
+        fn = sum(p != label and g == label for p, g in zip(predictions, golds, strict=True))
         scores.append(_f1(tp, fp, fn))
     return sum(scores) / len(scores) if scores else 0.0
 
@@ -105,13 +108,15 @@ class Superglue(evaluate.Metric):
 
     def _compute(self, predictions, references, task="", choices=None, groups=None):
         if len(predictions) != len(references) or not predictions:
-            raise ValueError(f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)")
+            raise ValueError(
+                f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)"
+            )
         if task == "record":
             return self._record(predictions, references)
         preds = [_label(p) for p in predictions]
         golds = [_label(refs[0]) for refs in references]
         labels = [_label(c) for c in choices] if choices else None
-        accuracy = 100.0 * sum(p == g for p, g in zip(preds, golds)) / len(golds)
+        accuracy = 100.0 * sum(p == g for p, g in zip(preds, golds, strict=True)) / len(golds)
         if task == "cb":
             f1_macro = 100.0 * macro_f1(preds, golds, labels or sorted(set(golds)))
             return {"accuracy": accuracy, "f1_macro": f1_macro, "score": (accuracy + f1_macro) / 2}
@@ -130,12 +135,12 @@ class Superglue(evaluate.Metric):
         if groups is None or len(groups) != len(preds):
             raise ValueError("multirc needs one group (question id) per example for EM")
         positive = labels[1]
-        tp = sum(p == positive and g == positive for p, g in zip(preds, golds))
-        fp = sum(p == positive and g != positive for p, g in zip(preds, golds))
-        fn = sum(p != positive and g == positive for p, g in zip(preds, golds))
+        tp = sum(p == positive and g == positive for p, g in zip(preds, golds, strict=True))
+        fp = sum(p == positive and g != positive for p, g in zip(preds, golds, strict=True))
+        fn = sum(p != positive and g == positive for p, g in zip(preds, golds, strict=True))
         f1a = 100.0 * _f1(tp, fp, fn)
         all_correct = {}
-        for p, g, group in zip(preds, golds, groups):
+        for p, g, group in zip(preds, golds, groups, strict=True):
             all_correct[group] = all_correct.get(group, True) and p == g
         em = 100.0 * sum(all_correct.values()) / len(all_correct)
         return {"accuracy": accuracy, "f1a": f1a, "em": em, "score": (f1a + em) / 2}
@@ -143,7 +148,7 @@ class Superglue(evaluate.Metric):
     @staticmethod
     def _record(predictions, references):
         em = f1 = 0.0
-        for prediction, refs in zip(predictions, references):
+        for prediction, refs in zip(predictions, references, strict=True):
             if not refs:
                 raise ValueError("a ReCoRD example has no gold answer")
             em += max(float(_squad_normalize(prediction) == _squad_normalize(r)) for r in refs)

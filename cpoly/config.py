@@ -1,0 +1,258 @@
+"""Typed schemas of every config group, registered in Hydra's ConfigStore, and the cross-field checks
+that run before any data or model is loaded.
+
+Each YAML option lists its schema first in its own defaults (`defaults: [method_schema, _self_]`), so a
+misspelled key or a wrongly typed value fails when Hydra composes the config, with Hydra's message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from cpoly.backbones.config import BackboneConfig
+from cpoly.data.jsonl import JsonlConfig
+from cpoly.data.superglue import SuperGLUEConfig
+from cpoly.data.superni import SuperNIConfig
+from cpoly.data.synthetic import SyntheticConfig
+from cpoly.skills.config import METHOD_DEFAULTS, SkillConfig, SkillConfigError
+
+BENCHMARK_SCHEMAS = {
+    "synthetic_schema": SyntheticConfig,
+    "superni_schema": SuperNIConfig,
+    "superglue_schema": SuperGLUEConfig,
+    "jsonl_schema": JsonlConfig,
+}
+
+
+@dataclass
+class MethodConfig:
+    """A `SkillConfig` without the task list (the benchmark gives it). null fields take the method's
+    default (DESIGN.md section 2); `target_modules: null` takes the backbone's."""
+
+    name: str = MISSING  # the option's file name
+    method: str = MISSING  # shared_lora | task_lora | moe_lora | poly | mhr | cpoly
+    rank: int | None = None
+    n_skills: int | None = None
+    n_task_skills: int | None = None
+    n_splits: int | None = None
+    alpha: float = 1.0
+    mixing: str | None = None  # params | outputs
+    task_weights: str | None = None  # trainable | fixed
+    temperature: float = 1.0
+    top_k: int | None = None
+    unknown_task: str = "error"  # error | uniform
+    target_modules: Any = None
+
+    def skill_config(self, task_names: list[str], target_modules: Any, modules_to_save: list[str] | None = None) -> SkillConfig:
+        return SkillConfig(
+            method=self.method,
+            task_names=list(task_names),
+            target_modules=self.target_modules if self.target_modules is not None else target_modules,
+            rank=self.rank,
+            n_skills=self.n_skills,
+            n_task_skills=self.n_task_skills,
+            n_splits=self.n_splits,
+            alpha=self.alpha,
+            mixing=self.mixing,
+            task_weights=self.task_weights,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            unknown_task=self.unknown_task,
+            modules_to_save=list(modules_to_save or []),
+        )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with two parameter groups: adapters at `lr`, routers (allocation logits, task weights,
+    moe gate) at `router_lr` with no weight decay."""
+
+    name: str = MISSING
+    lr: float = 1e-3
+    router_lr: float | None = None  # null: the adapters' lr (only meaningful for methods with a router)
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: str = "linear"  # linear | cosine | constant (after warmup)
+    warmup_ratio: float = 0.06  # share of max_steps spent warming up linearly from 0
+
+
+@dataclass
+class TrainerConfig:
+    name: str = MISSING
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # examples per optimizer step on each process, before accumulation
+    grad_accum: int = 1
+    eval_every: int = 200  # steps; evaluation also runs at the end
+    eval_batch_size: int = 32
+    max_eval_per_task: int | None = None  # cap evaluated examples per task (null: all)
+    log_every: int = 10
+    max_grad_norm: float | None = 1.0
+    precision: str = "auto"  # auto (bf16 where supported, else fp32) | no | bf16 | fp16
+    task_sampling: str = "proportional"  # proportional | uniform | temperature
+    sampling_temperature: float = 2.0  # for task_sampling=temperature: p ~ n^(1/T)
+    group_by_length: bool = True
+    overfit_batches: int = 0  # > 0: train on the first N batches over and over (debug=overfit)
+    cpu: bool = False  # force CPU even where a GPU exists
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    """`name: none` keeps only the local logs; `name: wandb` adds a Weights & Biases run."""
+
+    name: str = MISSING
+    project: str = "cpoly"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled (WANDB_MODE overrides)
+    group: str | None = None
+    job_type: str = "train"
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+SCHEMAS = {
+    "backbone": {"backbone_schema": BackboneConfig},
+    "benchmark": BENCHMARK_SCHEMAS,
+    "method": {"method_schema": MethodConfig},
+    "optim": {"optim_schema": OptimConfig},
+    "trainer": {"trainer_schema": TrainerConfig},
+    "logger": {"logger_schema": LoggerConfig},
+    "paths": {"paths_schema": PathsConfig},
+}
+
+
+def skills_tag(method: str, n_skills: int | None, n_task_skills: int | None, n_splits: int | None, rank: int | None) -> str:
+    """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2."""
+    d = METHOD_DEFAULTS.get(method, {})
+    k = n_skills if n_skills is not None else d.get("n_skills")
+    b = n_task_skills if n_task_skills is not None else d.get("n_task_skills")
+    s = n_splits if n_splits is not None else d.get("n_splits")
+    r = rank if rank is not None else d.get("rank")
+    parts = {
+        "shared_lora": "",
+        "task_lora": f"b{b}",
+        "moe_lora": f"e{k}",
+        "poly": f"k{k}",
+        "mhr": f"k{k}s{s}",
+        "cpoly": f"a{k}b{b}" + (f"s{s}" if s and s > 1 else ""),
+    }.get(method, f"k{k}b{b}s{s}")
+    return f"{parts}r{r}"
+
+
+def register_configs() -> None:
+    """Register every schema and the `cpoly_skills_tag` resolver (idempotent)."""
+    store = ConfigStore.instance()
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=group, name=name, node=node)
+    if not OmegaConf.has_resolver("cpoly_skills_tag"):
+        OmegaConf.register_new_resolver("cpoly_skills_tag", skills_tag)
+
+
+class ConfigError(ValueError):
+    """A cross-field check failed; the message names the keys and values in override syntax."""
+
+
+def to_object(node: DictConfig) -> Any:
+    """The group's dataclass instance (schemas run their own checks in `__post_init__`/`validate`)."""
+    return OmegaConf.to_object(node)
+
+
+def has_router(skill: SkillConfig) -> bool:
+    return skill.has_learned_allocation or skill.has_trainable_task_weights or skill.method == "moe_lora"
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Cross-field checks that need no model or data: they fail in seconds, before anything loads."""
+    method: MethodConfig = to_object(cfg.method)
+    optim: OptimConfig = to_object(cfg.optim)
+    trainer: TrainerConfig = to_object(cfg.trainer)
+    backbone = BackboneConfig.from_any(cfg.backbone).validate()
+    try:
+        skill = method.skill_config(["_check_"], backbone.target_modules)
+    except SkillConfigError as e:
+        raise ConfigError(str(e).replace("SkillConfig.", "method.")) from None
+    if optim.router_lr is not None and not has_router(skill):
+        raise ConfigError(
+            f"optim.router_lr={optim.router_lr}: method {skill.method} has no router "
+            "(no allocation logits, trainable task weights or gate); remove it or pick poly/mhr/cpoly/moe_lora"
+        )
+    for name in ("lr", "eps"):
+        if getattr(optim, name) <= 0:
+            raise ConfigError(f"optim.{name}={getattr(optim, name)}: must be > 0")
+    if optim.router_lr is not None and optim.router_lr <= 0:
+        raise ConfigError(f"optim.router_lr={optim.router_lr}: must be > 0")
+    if optim.scheduler not in ("linear", "cosine", "constant"):
+        raise ConfigError(f"optim.scheduler={optim.scheduler!r}: must be one of linear, cosine, constant")
+    if not 0 <= optim.warmup_ratio < 1:
+        raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio}: must lie in [0, 1)")
+    for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every"):
+        if getattr(trainer, name) < 1:
+            raise ConfigError(f"trainer.{name}={getattr(trainer, name)}: must be >= 1")
+    if trainer.precision not in ("auto", "no", "bf16", "fp16"):
+        raise ConfigError(f"trainer.precision={trainer.precision!r}: must be one of auto, no, bf16, fp16")
+    if trainer.task_sampling not in ("proportional", "uniform", "temperature"):
+        raise ConfigError(f"trainer.task_sampling={trainer.task_sampling!r}: must be proportional, uniform or temperature")
+    if cfg.resume not in ("auto", "never", "must"):
+        raise ConfigError(f"resume={cfg.resume!r}: must be auto (continue from last/ if there), never or must")
+    if cfg.logger.name == "wandb" and cfg.logger.mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.mode={cfg.logger.mode!r}: must be offline, online or disabled")
+    _check_splits_fit_backbone(skill, backbone)
+
+
+def _architecture(backbone: BackboneConfig) -> Any | None:
+    """The backbone's HF config without weights, when it is at hand without network or conversion."""
+    from transformers import AutoConfig
+
+    overrides = dict(backbone.model_overrides)
+    try:
+        if backbone.source == "random" and backbone.model_id is None:
+            return AutoConfig.for_model(overrides.pop("model_type"), **overrides)
+        if backbone.source in ("hub", "random"):
+            config = AutoConfig.from_pretrained(backbone.model_id, revision=backbone.revision, local_files_only=True)
+            for key, value in overrides.items():
+                if key != "model_type":
+                    setattr(config, key, value)
+            return config
+    except (OSError, ValueError, KeyError):  # not cached: the loader reports that with its own message
+        return None
+    return None
+
+
+def _check_splits_fit_backbone(skill: SkillConfig, backbone: BackboneConfig) -> None:
+    """n_splits must divide every adapted layer's dimensions: checked on a weightless (meta) model."""
+    if skill.n_splits == 1:
+        return
+    hf_config = _architecture(backbone)
+    if hf_config is None:
+        return  # checked again when skills are added, before training starts
+    import torch
+
+    from cpoly.backbones.loading import auto_model_class
+    from cpoly.skills.layer import linear_shape
+    from cpoly.skills.model import find_target_modules
+
+    with torch.device("meta"):
+        model = auto_model_class(backbone.kind).from_config(hf_config)
+    for name in find_target_modules(model, skill.target_modules):
+        d_in, d_out = linear_shape(model.get_submodule(name))
+        for dim_name, dim in (("input", d_in), ("output", d_out)):
+            if dim % skill.n_splits:
+                raise ConfigError(
+                    f"method.n_splits={skill.n_splits}: does not divide the {dim_name} size {dim} of "
+                    f"{backbone.name} layer {name}"
+                )

@@ -1,0 +1,1 @@
+"""Training: optimiser and schedule, checkpoints, evaluation, the Accelerate loop."""

@@ -1,0 +1,297 @@
+"""Local run records, the W&B logger (offline, disabled, failing) and the allocation heatmap."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import wandb
+from PIL import Image
+
+import cpoly.atomic
+from cpoly import SkillConfig, add_skills, allocation_matrix
+from cpoly.logging import (
+    MetricsLog,
+    WandbLogger,
+    WandbSettings,
+    allocation_entropy,
+    allocation_rows,
+    plot_allocation,
+    read_metrics,
+    read_results,
+    write_results,
+)
+from cpoly.skills.model import Allocation
+from helpers.tiny_models import TASKS, tiny_t5
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_allocation(n_tasks: int, n_splits: int = 1, n_skills: int = 3, n_task_skills: int = 1) -> Allocation:
+    names = [f"task_{i:03d}" for i in range(n_tasks)]
+    layers = {f"layer{i}": torch.softmax(torch.randn(n_tasks, n_splits, n_skills), -1) for i in range(2)}
+    mean = torch.stack(list(layers.values())).mean(0)
+    weights = None
+    if n_task_skills:
+        weights = torch.repeat_interleave(torch.eye(n_tasks), n_task_skills, dim=1) / n_task_skills
+    return Allocation(names, layers, mean, weights)
+
+
+def without_time(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in records]
+
+
+# ---------------------------------------------------------------- metrics.jsonl and results.json
+
+
+def test_metrics_log_appends_one_line_per_step(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "metrics.jsonl"
+    metrics = MetricsLog(path)
+    metrics.log({"train/loss": torch.tensor(2.5), "train/lr_adapters": 1e-3}, step=10)
+    metrics.log({"val/task_a/exact_match": 50.0, "val/avg/exact_match": 50.0, "alloc/entropy": 0.9}, step=20)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    records = read_metrics(path)
+    assert records == metrics.read()
+    assert [r["step"] for r in records] == [10, 20]
+    assert list(records[0])[:2] == ["step", "time"]
+    assert records[0]["train/loss"] == 2.5 and isinstance(records[0]["time"], float)
+    assert records[1]["val/avg/exact_match"] == 50.0
+
+
+def test_non_finite_values_stay_valid_json(tmp_path: Path) -> None:
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
+    metrics.log({"train/loss": float("nan")}, step=1)
+    json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=pytest.fail)
+    assert metrics.read()[0]["train/loss"] is None
+
+
+def test_truncate_after_makes_a_resumed_log_equal_an_uninterrupted_one(tmp_path: Path) -> None:
+    def values(step: int) -> dict:
+        return {"train/loss": 1.0 / step, "train/lr_router": 0.1}
+
+    uninterrupted = MetricsLog(tmp_path / "a.jsonl")
+    for step in range(10, 70, 10):
+        uninterrupted.log(values(step), step)
+
+    resumed = MetricsLog(tmp_path / "b.jsonl")
+    for step in range(10, 60, 10):  # preempted after step 50, last checkpoint at step 30
+        resumed.log(values(step), step)
+    with resumed.path.open("a") as f:
+        f.write('{"step": 60, "train/lo')  # a line torn by the crash
+    assert resumed.truncate_after(30) == 3
+    assert [r["step"] for r in resumed.read()] == [10, 20, 30]
+    for step in range(40, 70, 10):
+        resumed.log(values(step), step)
+    assert without_time(resumed.read()) == without_time(uninterrupted.read())
+    assert resumed.truncate_after(100) == 0
+    assert MetricsLog(tmp_path / "missing.jsonl").truncate_after(5) == 0
+
+
+def test_read_metrics_skips_a_torn_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "train/loss": 1.0}\n{"step": 2, "tra')
+    with caplog.at_level(logging.WARNING):
+        assert read_metrics(path) == [{"step": 1, "train/loss": 1.0}]
+    assert "metrics.jsonl:2" in caplog.text
+    assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_write_results_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "results.json"
+    first = {"run_name": "r-s1", "final": {"avg": {"exact_match": 10.0}}, "nan": float("nan")}
+    write_results(path, first)
+    assert read_results(path) == {**first, "nan": None}
+
+    def crash(fd: int) -> None:
+        raise OSError("disk gone mid-write")
+
+    monkeypatch.setattr(cpoly.atomic.os, "fsync", crash)
+    with pytest.raises(OSError, match="mid-write"):
+        write_results(path, {"run_name": "r-s1", "final": {"avg": {"exact_match": 99.0}}})
+    assert read_results(path)["final"]["avg"]["exact_match"] == 10.0
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
+
+
+# ---------------------------------------------------------------- W&B
+
+
+def test_settings_from_a_config_mapping_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = WandbSettings.from_any({"name": "wandb", "project": "p", "mode": "online", "tags": ["a", 1], "entity": None})
+    assert (s.project, s.mode, s.tags, s.entity) == ("p", "online", ["a", "1"], None)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert s.resolved_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert s.resolved_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match="sometimes"):
+        s.resolved_mode()
+
+
+def test_disabled_logger_writes_nothing_and_keeps_the_resume_id(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the environment wins over the config's mode
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: pytest.fail("wandb.init called while disabled"))
+    logger = WandbLogger({"mode": "online", "dir": str(tmp_path)}, "run-s1", {"seed": 1}, run_id="abc123")
+    assert not logger.active and logger.mode == "disabled" and logger.run_id == "abc123"
+    logger.log({"train/loss": 1.0}, step=1)
+    logger.log_allocation(make_allocation(3), step=1, image_path=None)
+    logger.log_table("val/scores", ["task", "value"], [["a", 1.0]])
+    logger.summary({"params/trainable": 10})
+    logger.finish()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_ranks_never_start_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: pytest.fail("wandb.init called on a non-main rank"))
+    logger = WandbLogger({"dir": str(tmp_path)}, "run-s1", {}, enabled=False)
+    logger.log({"train/loss": 1.0}, step=1)
+    logger.finish()
+    assert not logger.active
+
+
+def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    settings = {"project": "cpoly", "mode": "online", "group": "synthetic-tiny_t5-cpoly", "job_type": "train",
+                "tags": ["test"], "dir": str(tmp_path / "out")}
+    config = {"seed": 1, "method": {"name": "cpoly", "n_skills": 3}}
+    logger = WandbLogger(settings, "synthetic-tiny_t5-cpoly-s1", config)
+    try:
+        assert logger.active and logger.mode == "offline"
+        logger.log({"train/loss": torch.tensor(0.5), "train/lr_adapters": 1e-3}, step=10)
+        logger.log({"val/task_a/exact_match": 40.0, "val/avg/exact_match": 40.0}, step=10)
+        logger.log_allocation(make_allocation(3), step=10, image_path=None)
+        logger.log_table("val/scores", ["task", "metric", "value"], [["task_a", "exact_match", 40.0]])
+        logger.summary({"params/trainable": 1234, "final/avg/exact_match": 40.0})
+    finally:
+        logger.finish()
+    logger.finish()  # idempotent
+    run_id = logger.run_id
+    folders = sorted((tmp_path / "out" / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(folders) == 1 and logger.run_dir is None
+    records = (folders[0] / f"run-{run_id}.wandb").read_bytes()
+    for key in ("train/loss", "train/step", "val/avg/exact_match", "alloc/heatmap", "alloc/matrix",
+                "params/trainable", "synthetic-tiny_t5-cpoly"):
+        assert key.encode() in records, key
+    assert list((folders[0] / "files" / "media" / "images").rglob("*.png"))
+
+    resumed = WandbLogger(settings, "synthetic-tiny_t5-cpoly-s1", config, run_id=run_id)
+    try:
+        assert resumed.active and resumed.run_id == run_id
+        resumed.log({"train/loss": 0.25}, step=20)
+    finally:
+        resumed.finish()
+    assert len(list((tmp_path / "out" / "wandb").glob(f"offline-run-*-{run_id}*"))) == 2
+
+
+def test_init_failure_leaves_a_disabled_logger(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("W&B is down")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with caplog.at_level(logging.WARNING):
+        logger = WandbLogger({"dir": str(tmp_path)}, "run-s1", {"seed": 1}, run_id="keepme")
+    assert not logger.active and logger.run_id == "keepme"
+    assert "W&B is down" in caplog.text
+    logger.log({"train/loss": 1.0}, step=1)
+    logger.log_allocation(make_allocation(3), step=1, image_path=None)
+    logger.summary({"params/trainable": 1})
+    logger.finish(exit_code=1)
+    logger.finish()
+
+
+class FlakyRun:
+    """A W&B run whose `log` fails, as during a network outage."""
+
+    id = "flaky01"
+    dir = "/nonexistent/files"
+
+    def __init__(self) -> None:
+        self.finished: list[int] = []
+        self.log_calls = 0
+        self.summary = {}
+
+    def define_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def log(self, data, **kwargs) -> None:
+        self.log_calls += 1
+        raise ConnectionError("outage")
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.finished.append(exit_code)
+
+
+def test_a_failing_call_disables_the_logger_once(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("WANDB_MODE", "online")
+    run = FlakyRun()
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: run)
+    logger = WandbLogger({"dir": str(tmp_path)}, "run-s1", {})
+    assert logger.active and logger.run_id == "flaky01"
+    with caplog.at_level(logging.WARNING):
+        logger.log({"train/loss": 1.0}, step=1)
+        logger.log({"train/loss": 0.5}, step=2)
+    assert not logger.active and run.log_calls == 1
+    assert caplog.text.count("outage") == 1
+    assert run.finished == [1]
+    logger.summary({"params/trainable": 3})
+    logger.finish()
+    assert run.finished == [1] and logger.run_id == "flaky01"
+
+
+# ---------------------------------------------------------------- allocation
+
+
+@pytest.mark.parametrize("n_tasks", [3, 100])
+def test_heatmap_is_a_png_of_sensible_size(tmp_path: Path, n_tasks: int) -> None:
+    path = plot_allocation(make_allocation(n_tasks), tmp_path / "allocation.png", f"T={n_tasks}")
+    assert path == tmp_path / "allocation.png"
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as image:
+        width, height = image.size
+    assert 300 <= width <= 2500 and 200 <= height <= 1600
+    assert [p.name for p in tmp_path.iterdir()] == ["allocation.png"]
+
+
+def test_heatmap_with_splits_and_no_task_skills(tmp_path: Path) -> None:
+    path = plot_allocation(make_allocation(10, n_splits=2, n_skills=4, n_task_skills=0), tmp_path / "a.png", "mhr")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_heatmap_of_a_real_model(tmp_path: Path) -> None:
+    config = SkillConfig(method="cpoly", rank=2, n_skills=3, n_task_skills=1, n_splits=1, task_names=TASKS,
+                         target_modules=["q", "v"])
+    allocation = allocation_matrix(add_skills(tiny_t5(), config))
+    assert plot_allocation(allocation, tmp_path / "a.png", "cpoly").stat().st_size > 0
+    assert 0.99 < allocation_entropy(allocation) <= 1.0  # near-uniform at initialisation
+
+
+def test_allocation_entropy_bounds() -> None:
+    one_hot = torch.zeros(2, 1, 4)
+    one_hot[:, 0, 1] = 1
+    uniform = torch.full((2, 1, 4), 0.25)
+    as_allocation = lambda m: Allocation(["a", "b"], {"l": m}, m, None)
+    assert allocation_entropy(as_allocation(one_hot)) == pytest.approx(0.0, abs=1e-6)
+    assert allocation_entropy(as_allocation(uniform)) == pytest.approx(1.0)
+    assert allocation_entropy(as_allocation(torch.ones(2, 1, 1))) == 0.0
+    # Two layers that each pick one skill, but different ones, are decided, not uniform.
+    other = torch.zeros(2, 1, 4)
+    other[:, 0, 2] = 1
+    split = Allocation(["a", "b"], {"l1": one_hot, "l2": other}, (one_hot + other) / 2, None)
+    assert allocation_entropy(split) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_allocation_rows() -> None:
+    allocation = make_allocation(3, n_splits=2, n_skills=4)
+    rows = allocation_rows(allocation)
+    assert len(rows) == 3 * 2 * 4
+    task, split, skill, weight = rows[-1]
+    assert (task, split, skill) == ("task_002", 1, 3)
+    assert math.isclose(weight, float(allocation.mean[2, 1, 3]), rel_tol=1e-6)
+    assert math.isclose(sum(w for t, q, _, w in rows if t == "task_000" and q == 0), 1.0, rel_tol=1e-5)

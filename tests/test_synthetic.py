@@ -1,0 +1,165 @@
+"""The synthetic benchmark: determinism, shared skill structure, and the skill-recovery score."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from cpoly.data.synthetic import (
+    ATOMIC_SKILLS,
+    SyntheticConfig,
+    apply_skills,
+    load_synthetic,
+    skill_recovery,
+)
+
+
+def test_atomic_skills_do_what_their_names_say():
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+    assert apply_skills("hello", ["reverse"], alphabet) == "olleh"
+    assert apply_skills("xyz", ["shift"], alphabet) == "yza"
+    assert apply_skills("abc", ["upper"], alphabet) == "ABC"
+    assert apply_skills("banana", ["drop_vowels"], alphabet) == "bnn"
+    assert apply_skills("abcde", ["swap_pairs"], alphabet) == "badce"
+    assert apply_skills("abcd", ["rotate"], alphabet) == "bcda"
+    assert apply_skills("ab", ["double"], alphabet) == "aabb"
+    assert apply_skills("dcab", ["sort"], alphabet) == "abcd"
+    # Composition follows the library order whatever order the skills are listed in.
+    assert apply_skills("azb", ["upper", "shift"], alphabet) == apply_skills("azb", ["shift", "upper"], alphabet)
+    assert apply_skills("azb", ["shift", "upper"], alphabet) == "BAC"
+
+
+def test_generation_is_deterministic_and_seeded():
+    first, second = load_synthetic(SyntheticConfig()), load_synthetic(SyntheticConfig())
+    assert first.train == second.train and first.eval == second.eval
+    assert first.skill_structure == second.skill_structure
+    other = load_synthetic(SyntheticConfig(data_seed=7))
+    assert [ex.source for ex in other.train] != [ex.source for ex in first.train]
+
+
+def test_default_benchmark_shape_and_targets():
+    cfg = SyntheticConfig()
+    data = load_synthetic(cfg)
+    assert data.name == "synthetic" and data.metric == "synthetic" and data.main_metric == "char_similarity"
+    assert len(data.task_names) == cfg.n_tasks == len(set(data.task_names))
+    assert len(data.train) == cfg.n_tasks * cfg.n_train_per_task
+    assert len(data.eval) == cfg.n_tasks * cfg.n_eval_per_task
+    assert data.eval_task_names == sorted(data.task_names)
+    assert len({ex.id for ex in data.train + data.eval}) == len(data.train) + len(data.eval)
+    for ex in data.train[:50] + data.eval[:50]:
+        word = ex.source.removesuffix(" =")
+        assert cfg.min_length <= len(word) <= cfg.max_length
+        assert ex.target == apply_skills(word, data.skill_structure[ex.task], cfg.alphabet) != ""
+        assert ex.task not in ex.source  # task identity comes only through routing by default
+    for task in data.task_names:  # eval inputs are unseen in training
+        train_inputs = {ex.source for ex in data.train if ex.task == task}
+        assert not train_inputs & {ex.source for ex in data.eval if ex.task == task}
+
+
+def test_tasks_share_atomic_skills_and_are_distinct_functions():
+    cfg = SyntheticConfig()
+    data = load_synthetic(cfg)
+    structure = data.skill_structure
+    assert set(structure) == set(data.task_names)
+    for skills in structure.values():
+        assert cfg.min_skills_per_task <= len(skills) <= cfg.max_skills_per_task
+        assert set(skills) <= set(cfg.atomic_skills)
+    usage = {s: sum(s in skills for skills in structure.values()) for s in cfg.atomic_skills}
+    assert min(usage.values()) >= cfg.min_tasks_per_skill
+    assert len({tuple(s) for s in structure.values()}) == cfg.n_tasks
+    probes = ["abcdefg", "hello", "xyzzy", "qwerty"]
+    behaviours = {tuple(apply_skills(p, s, cfg.alphabet) for p in probes) for s in structure.values()}
+    assert len(behaviours) == cfg.n_tasks
+
+
+def test_task_name_can_be_put_in_the_source():
+    data = load_synthetic(SyntheticConfig(source_template="{task}: {input} ->", n_train_per_task=5))
+    assert all(ex.source.startswith(ex.task + ": ") and ex.source.endswith(" ->") for ex in data.train)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"n_tasks": 0}, "n_tasks"),
+        ({"min_length": 9}, "min_length"),
+        ({"atomic_skills": ["reverse", "juggle"]}, "atomic_skills"),
+        ({"max_skills_per_task": 9}, "max_skills_per_task"),
+        ({"source_template": "{task}"}, "source_template"),
+        ({"alphabet": "ABC"}, "alphabet"),
+    ],
+)
+def test_bad_config_names_the_field(change, field):
+    with pytest.raises(ValueError, match=field):
+        SyntheticConfig(**change)
+
+
+def test_too_many_tasks_for_the_skills_is_a_clear_error():
+    with pytest.raises(ValueError, match="n_tasks=20"):
+        load_synthetic(
+            SyntheticConfig(n_tasks=20, atomic_skills=["reverse", "upper"], max_skills_per_task=2, n_train_per_task=2)
+        )
+
+
+def test_config_is_a_plain_hydra_schema():
+    allowed = {"str", "int", "float", "bool", "list[str]"}
+    assert {f.type for f in dataclasses.fields(SyntheticConfig)} <= allowed
+    assert set(ATOMIC_SKILLS) >= set(SyntheticConfig().atomic_skills)
+
+
+def test_loader_accepts_a_dictconfig():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.structured(SyntheticConfig(n_tasks=4, n_train_per_task=3, n_eval_per_task=2))
+    data = load_synthetic(cfg)
+    assert len(data.task_names) == 4 and len(data.train) == 12
+
+
+def _indicator(data) -> np.ndarray:
+    skills = sorted({s for v in data.skill_structure.values() for s in v})
+    return np.array([[float(s in data.skill_structure[t]) for s in skills] for t in data.task_names])
+
+
+def test_skill_recovery_perfect_allocation_scores_near_one():
+    data = load_synthetic(SyntheticConfig(n_train_per_task=1, n_eval_per_task=0))
+    perfect = _indicator(data)
+    score = skill_recovery(perfect, data.task_names, data.skill_structure)
+    assert score > 0.85
+    # Learned skills are unnamed: permuting the skill columns changes nothing; a tensor works too.
+    shuffled = torch.tensor(perfect[:, ::-1].copy())
+    assert skill_recovery(shuffled, data.task_names, data.skill_structure) == pytest.approx(score)
+    # Sigmoid-like probabilities (absent skills not exactly zero) still score high.
+    soft = 0.1 + 0.8 * perfect
+    assert skill_recovery(soft, data.task_names, data.skill_structure, method="pearson") > 0.6
+
+
+def test_skill_recovery_random_allocation_scores_near_zero():
+    data = load_synthetic(SyntheticConfig(n_train_per_task=1, n_eval_per_task=0))
+    rng = np.random.default_rng(0)
+    scores = [
+        skill_recovery(rng.uniform(size=(len(data.task_names), 6)), data.task_names, data.skill_structure)
+        for _ in range(200)
+    ]
+    assert abs(float(np.mean(scores))) < 0.05
+    assert float(np.mean(scores)) < skill_recovery(_indicator(data), data.task_names, data.skill_structure) - 0.7
+
+
+def test_skill_recovery_rejects_a_wrongly_shaped_matrix():
+    data = load_synthetic(SyntheticConfig(n_train_per_task=1, n_eval_per_task=0))
+    with pytest.raises(ValueError, match="n_tasks=10"):
+        skill_recovery(np.ones((3, 4)), data.task_names, data.skill_structure)
+    constant = np.ones((len(data.task_names), 3))
+    assert np.isnan(skill_recovery(constant, data.task_names, data.skill_structure))
+
+
+def test_benchmark_yaml_lists_every_field_with_its_default():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[1] / "conf" / "benchmark" / "synthetic.yaml"
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    assert values.pop("defaults") == ["synthetic_schema", "_self_"]
+    assert values == dataclasses.asdict(SyntheticConfig())
