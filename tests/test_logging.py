@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from helpers.tiny_models import TASKS, tiny_t5
 from PIL import Image
 
 import cpoly.atomic
@@ -26,7 +27,6 @@ from cpoly.logging import (
     write_results,
 )
 from cpoly.skills.model import Allocation
-from helpers.tiny_models import TASKS, tiny_t5
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -121,7 +121,9 @@ def test_write_results_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_settings_from_a_config_mapping_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = WandbSettings.from_any({"name": "wandb", "project": "p", "mode": "online", "tags": ["a", 1], "entity": None})
+    s = WandbSettings.from_any(
+        {"name": "wandb", "project": "p", "mode": "online", "tags": ["a", 1], "entity": None}
+    )
     assert (s.project, s.mode, s.tags, s.entity) == ("p", "online", ["a", "1"], None)
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert s.resolved_mode() == "offline"
@@ -154,10 +156,18 @@ def test_other_ranks_never_start_wandb(tmp_path: Path, monkeypatch: pytest.Monke
     assert not logger.active
 
 
-def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(tmp_path: Path, monkeypatch) -> None:
+def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(
+    tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    settings = {"project": "cpoly", "mode": "online", "group": "synthetic-tiny_t5-cpoly", "job_type": "train",
-                "tags": ["test"], "dir": str(tmp_path / "out")}
+    settings = {
+        "project": "cpoly",
+        "mode": "online",
+        "group": "synthetic-tiny_t5-cpoly",
+        "job_type": "train",
+        "tags": ["test"],
+        "dir": str(tmp_path / "out"),
+    }
     config = {"seed": 1, "method": {"name": "cpoly", "n_skills": 3}}
     logger = WandbLogger(settings, "synthetic-tiny_t5-cpoly-s1", config)
     try:
@@ -174,8 +184,15 @@ def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(tmp_p
     folders = sorted((tmp_path / "out" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(folders) == 1 and logger.run_dir is None
     records = (folders[0] / f"run-{run_id}.wandb").read_bytes()
-    for key in ("train/loss", "train/step", "val/avg/exact_match", "alloc/heatmap", "alloc/matrix",
-                "params/trainable", "synthetic-tiny_t5-cpoly"):
+    for key in (
+        "train/loss",
+        "train/step",
+        "val/avg/exact_match",
+        "alloc/heatmap",
+        "alloc/matrix",
+        "params/trainable",
+        "synthetic-tiny_t5-cpoly",
+    ):
         assert key.encode() in records, key
     assert list((folders[0] / "files" / "media" / "images").rglob("*.png"))
 
@@ -260,13 +277,22 @@ def test_heatmap_is_a_png_of_sensible_size(tmp_path: Path, n_tasks: int) -> None
 
 
 def test_heatmap_with_splits_and_no_task_skills(tmp_path: Path) -> None:
-    path = plot_allocation(make_allocation(10, n_splits=2, n_skills=4, n_task_skills=0), tmp_path / "a.png", "mhr")
+    path = plot_allocation(
+        make_allocation(10, n_splits=2, n_skills=4, n_task_skills=0), tmp_path / "a.png", "mhr"
+    )
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_heatmap_of_a_real_model(tmp_path: Path) -> None:
-    config = SkillConfig(method="cpoly", rank=2, n_skills=3, n_task_skills=1, n_splits=1, task_names=TASKS,
-                         target_modules=["q", "v"])
+    config = SkillConfig(
+        method="cpoly",
+        rank=2,
+        n_skills=3,
+        n_task_skills=1,
+        n_splits=1,
+        task_names=TASKS,
+        target_modules=["q", "v"],
+    )
     allocation = allocation_matrix(add_skills(tiny_t5(), config))
     assert plot_allocation(allocation, tmp_path / "a.png", "cpoly").stat().st_size > 0
     assert 0.99 < allocation_entropy(allocation) <= 1.0  # near-uniform at initialisation

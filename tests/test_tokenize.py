@@ -90,7 +90,8 @@ def test_truncation_shortens_the_prefix_first_and_keeps_the_instance(tokenizer, 
     examples = [
         Example("task_a", source, "x", prefix="D" * 30),  # fits
         Example("task_a", source, "x", prefix="D" * 100),  # prefix shortened
-        Example("task_a", " " * 40 + source, "x", prefix="D" * 100),  # source fills the budget: prefix dropped
+        # The source fills the whole budget: the prefix is dropped entirely.
+        Example("task_a", " " * 40 + source, "x", prefix="D" * 100),
         Example("task_a", "Z" * 80 + source, "x", prefix="D" * 10),  # source too long: cut at its start
         Example("task_a", source, "y" * 40),  # target too long
     ]
@@ -178,7 +179,10 @@ def test_collator_seq2seq_training_batch(tokenizer):
     batch = make_collator(tokenizer, "seq2seq")([dataset[0], dataset[1]])
     assert set(batch) == {"input_ids", "attention_mask", "labels", "task_ids", "index"}
     assert batch["input_ids"][1, -1] == PAD and batch["attention_mask"][1, -1] == 0
-    assert batch["attention_mask"].sum(1).tolist() == [len(dataset[0]["input_ids"]), len(dataset[1]["input_ids"])]
+    assert batch["attention_mask"].sum(1).tolist() == [
+        len(dataset[0]["input_ids"]),
+        len(dataset[1]["input_ids"]),
+    ]
     assert batch["labels"][1].tolist() == ids("XY") + [EOS, IGNORE_INDEX]
     assert batch["task_ids"].tolist() == [0, 1] and batch["index"].dtype == torch.long
     # The column dict that dataset[indices] returns collates the same way.
@@ -206,7 +210,10 @@ def test_collator_causal_training_labels_align_with_inputs(tokenizer):
 
 
 def test_collator_encoder_labels(tokenizer):
-    examples = [Example("rte", "a b", "no", choices=["yes", "no"]), Example("rte", "c", "yes", choices=["yes", "no"])]
+    examples = [
+        Example("rte", "a b", "no", choices=["yes", "no"]),
+        Example("rte", "c", "yes", choices=["yes", "no"]),
+    ]
     dataset = tok(examples, tokenizer, kind="encoder", task_to_id=["rte"]).dataset
     batch = Collator("encoder", PAD)(dataset[[0, 1]])
     assert batch["labels"].tolist() == [1, 0] and batch["labels"].dtype == torch.long
@@ -226,12 +233,18 @@ def bert_tokenizer():
 def test_encoder_truncation_keeps_cls_and_sep_around_a_bert_prompt(bert_tokenizer, tmp_path):
     assert special_frame(bert_tokenizer).head == (bert_tokenizer.cls_token_id,)
     assert special_frame(bert_tokenizer).tail == (bert_tokenizer.sep_token_id,)
-    example = Example("rte", "question: is it raining? answer:", "no", choices=["yes", "no"], prefix="word " * 50)
-    split = tok([example], bert_tokenizer, kind="encoder", task_to_id=["rte"], max_source_length=16, cache_dir=tmp_path)
+    example = Example(
+        "rte", "question: is it raining? answer:", "no", choices=["yes", "no"], prefix="word " * 50
+    )
+    settings = dict(kind="encoder", task_to_id=["rte"], max_source_length=16, cache_dir=tmp_path)
+    split = tok([example], bert_tokenizer, **settings)
     row = split.dataset[0]
     source = bert_tokenizer(example.source, add_special_tokens=False)["input_ids"]
     assert len(row["input_ids"]) == 16 and row["labels"] == 1
-    assert row["input_ids"][0] == bert_tokenizer.cls_token_id and row["input_ids"][-1] == bert_tokenizer.sep_token_id
+    assert (row["input_ids"][0], row["input_ids"][-1]) == (
+        bert_tokenizer.cls_token_id,
+        bert_tokenizer.sep_token_id,
+    )
     assert row["input_ids"][-1 - len(source) : -1] == source
     assert split.stats.prefix_shortened == 1
-    assert tok([example], bert_tokenizer, kind="encoder", task_to_id=["rte"], max_source_length=16, cache_dir=tmp_path).from_cache
+    assert tok([example], bert_tokenizer, **settings).from_cache

@@ -107,9 +107,9 @@ class SyntheticConfig:
     n_train_per_task: int = 400
     n_eval_per_task: int = 50
     # Input words are drawn uniformly from `alphabet` with a length in [min_length, max_length].
-    min_length: int = 4
-    max_length: int = 8
-    alphabet: str = "abcdefghijklmnopqrstuvwxyz"
+    min_length: int = 3
+    max_length: int = 5
+    alphabet: str = "abcdefgh"
     # The atomic skills tasks are composed of (names from ATOMIC_SKILLS; applied in its order).
     atomic_skills: list[str] = field(
         default_factory=lambda: ["drop_vowels", "shift", "upper", "reverse", "rotate", "double"]
@@ -158,14 +158,18 @@ class SyntheticConfig:
         need(
             1 <= self.min_skills_per_task <= self.max_skills_per_task <= len(self.atomic_skills),
             f"need 1 <= min_skills_per_task <= max_skills_per_task <= len(atomic_skills), got "
-            f"min_skills_per_task={self.min_skills_per_task}, max_skills_per_task={self.max_skills_per_task}, "
+            f"min_skills_per_task={self.min_skills_per_task}, "
+            f"max_skills_per_task={self.max_skills_per_task}, "
             f"len(atomic_skills)={len(self.atomic_skills)}",
         )
         need(
             "drop_vowels" not in self.atomic_skills or any(c in VOWELS for c in self.alphabet),
             f"atomic skill drop_vowels needs a vowel in alphabet {self.alphabet!r}",
         )
-        need("{input}" in self.source_template, f"source_template needs '{{input}}', got {self.source_template!r}")
+        need(
+            "{input}" in self.source_template,
+            f"source_template needs '{{input}}', got {self.source_template!r}",
+        )
         try:
             self.source_template.format(input="x", task="t")
         except (KeyError, IndexError, ValueError) as err:
@@ -173,7 +177,9 @@ class SyntheticConfig:
                 f"benchmark (synthetic): source_template {self.source_template!r} may only use "
                 f"{{input}} and {{task}} ({err})"
             ) from None
-        need(self.min_tasks_per_skill >= 0, f"min_tasks_per_skill must be >= 0, got {self.min_tasks_per_skill}")
+        need(
+            self.min_tasks_per_skill >= 0, f"min_tasks_per_skill must be >= 0, got {self.min_tasks_per_skill}"
+        )
 
 
 def _as_config(cfg: SyntheticConfig | Mapping[str, Any]) -> SyntheticConfig:
@@ -319,7 +325,8 @@ def skill_recovery(
     matrix = np.asarray(allocation, dtype=float)
     if matrix.ndim != 2 or matrix.shape[0] != len(task_names):
         raise ValueError(
-            f"allocation must be (n_tasks x n_skills) with n_tasks={len(task_names)}, got shape {matrix.shape}"
+            f"allocation must be (n_tasks x n_skills) with n_tasks={len(task_names)}, "
+            f"got shape {matrix.shape}"
         )
     if len(task_names) < 3:
         raise ValueError(f"skill_recovery needs >= 3 tasks to correlate pairs, got {len(task_names)}")
@@ -334,7 +341,12 @@ def skill_recovery(
     learned = unit @ unit.T
     sets = [set(skill_structure[t]) for t in task_names]
     upper_i, upper_j = np.triu_indices(len(task_names), k=1)
-    true = np.array([len(sets[i] & sets[j]) / max(len(sets[i] | sets[j]), 1) for i, j in zip(upper_i, upper_j)])
+    true = np.array(
+        [
+            len(sets[i] & sets[j]) / max(len(sets[i] | sets[j]), 1)
+            for i, j in zip(upper_i, upper_j, strict=True)
+        ]
+    )
     learned_pairs = learned[upper_i, upper_j]
     if method == "spearman":
         return _pearson(_average_ranks(learned_pairs), _average_ranks(true))

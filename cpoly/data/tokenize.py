@@ -190,9 +190,7 @@ def _check_settings(kind: str, max_source_length: int, max_target_length: int, f
         raise ValueError(f"max_target_length must be >= 2 (a token and EOS), got {max_target_length}")
 
 
-def _fit_prompt(
-    prefix: list[int], source: list[int], budget: int, stats: TruncationStats
-) -> list[int]:
+def _fit_prompt(prefix: list[int], source: list[int], budget: int, stats: TruncationStats) -> list[int]:
     """Prefix + source within `budget` tokens: shorten the prefix first, then cut the source's beginning."""
     if len(prefix) + len(source) <= budget:
         return prefix + source
@@ -229,7 +227,9 @@ def _build_rows(
     prefix_ids = dict(zip(distinct_prefixes, _encode(tokenizer, distinct_prefixes), strict=True))
     source_ids = _encode(tokenizer, [ex.source for ex in examples])
     with_labels = kind == "encoder" or not for_generation
-    target_ids = _encode(tokenizer, [ex.train_target for ex in examples]) if kind != "encoder" and with_labels else []
+    target_ids = (
+        _encode(tokenizer, [ex.train_target for ex in examples]) if kind != "encoder" and with_labels else []
+    )
 
     stats = TruncationStats(n_examples=len(examples))
     input_ids: list[list[int]] = []
@@ -271,7 +271,9 @@ def _list_array(rows: list[list[int]]) -> pa.Array:
     """A list<int32> Arrow column from ragged Python lists, without per-row Arrow conversions."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    values = pa.array(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1])))
+    values = pa.array(
+        np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1]))
+    )
     if offsets[-1] < 2**31 - 1:
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
     return pa.LargeListArray.from_arrays(pa.array(offsets), values)  # over 2**31 tokens in one column
@@ -320,7 +322,8 @@ def tokenize_examples(
         unlabeled = next((ex for ex in examples if ex.choices is None), None)
         if unlabeled is not None:
             raise ValueError(
-                f"encoder backbones classify: example {unlabeled.id!r} of task {unlabeled.task!r} has no choices"
+                f"encoder backbones classify: example {unlabeled.id!r} of task {unlabeled.task!r} "
+                "has no choices"
             )
     settings = dict(
         kind=kind,

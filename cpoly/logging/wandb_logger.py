@@ -157,8 +157,9 @@ class WandbLogger:
         run.define_metric("val/avg/*", step_metric=STEP_METRIC, summary="max")
 
     def _fail(self, what: str, error: BaseException) -> None:
-        log.warning("W&B %s (%s: %s); W&B logging is off for the rest of this run", what,
-                    type(error).__name__, error)
+        log.warning(
+            "W&B %s (%s: %s); W&B logging is off for the rest of this run", what, type(error).__name__, error
+        )
         run, self._run = self._run, None
         if run is not None:
             try:
@@ -176,10 +177,14 @@ class WandbLogger:
         layer-averaged matrix as the table `alloc/matrix` (task, split, skill, weight)."""
         import wandb
 
-        table = wandb.Table(columns=["task", "split", "skill", "weight"], data=[list(r) for r in allocation_rows(allocation)])
+        table = wandb.Table(
+            columns=["task", "split", "skill", "weight"], data=[list(r) for r in allocation_rows(allocation)]
+        )
         with tempfile.TemporaryDirectory() as tmp:
             if image_path is None:
-                image_path = plot_allocation(allocation, Path(tmp) / "allocation.png", f"{self.run_name} step {step}")
+                image_path = plot_allocation(
+                    allocation, Path(tmp) / "allocation.png", f"{self.run_name} step {step}"
+                )
             image = wandb.Image(str(image_path), caption=f"step {step}")
             self._run.log({"alloc/heatmap": image, "alloc/matrix": table, STEP_METRIC: int(step)})
 
@@ -221,4 +226,3 @@ def _plain_config(config: Any) -> dict[str, Any] | None:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(config, resolve=True)
-

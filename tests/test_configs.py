@@ -1,0 +1,134 @@
+"""The Hydra config: every option composes and validates; bad values fail at compose time or in the
+cross-field checks, before any model or data is loaded."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from helpers.compose import CONF_DIR, compose_train, group_options
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from cpoly.config import ConfigError, check_config, skills_tag, to_object
+
+GROUPS = ["backbone", "method", "benchmark", "optim", "trainer", "logger", "paths"]
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_option_composes_and_its_name_is_its_file_name(group, option, tmp_path):
+    cfg = compose_train([f"{group}={option}"], output_dir=tmp_path)
+    node = cfg[group]
+    if "name" in node:
+        assert node.name == option
+    obj = to_object(node)  # the dataclass: schema types and __post_init__ checks
+    assert type(obj).__name__.endswith("Config")
+
+
+@pytest.mark.parametrize("option", group_options("experiment"))
+def test_every_experiment_composes_and_passes_the_checks(option, tmp_path):
+    cfg = compose_train([f"experiment={option}"], output_dir=tmp_path)
+    check_config(cfg)
+
+
+@pytest.mark.parametrize("option", group_options("debug"))
+def test_debug_options_compose(option, tmp_path):
+    cfg = compose_train([f"debug={option}"], output_dir=tmp_path)
+    assert cfg.task_name == "debug" and cfg.logger.name == "none"
+
+
+def test_default_is_cpoly_on_synthetic_with_tiny_t5(tmp_path):
+    cfg = compose_train([], output_dir=tmp_path)
+    assert (cfg.method.name, cfg.benchmark.name, cfg.backbone.name) == ("cpoly", "synthetic", "tiny_t5")
+    assert cfg.run_name == "synthetic-tiny_t5-cpoly-a3b1r2-s1"
+    assert cfg.group == "synthetic-tiny_t5-cpoly-a3b1r2"
+    assert cfg.logger.group == cfg.group
+    check_config(cfg)
+
+
+def test_run_names_carry_the_key_numbers():
+    assert skills_tag("cpoly", 3, 1, 1, 2) == "a3b1r2"
+    assert skills_tag("mhr", 4, 0, 8, 2) == "k4s8r2"
+    assert skills_tag("moe_lora", 4, 0, 1, 2) == "e4r2"
+    assert skills_tag("shared_lora", 1, 0, 1, 8) == "r8"
+    assert skills_tag("poly", None, None, None, None) == "k4r2"  # method defaults fill nulls
+
+
+def test_overrides_reach_the_method(tmp_path):
+    cfg = compose_train(["method.n_skills=8", "method.n_task_skills=2", "seed=3"], output_dir=tmp_path)
+    assert cfg.run_name == "synthetic-tiny_t5-cpoly-a8b2r2-s3"
+    skill = to_object(cfg.method).skill_config(["a", "b"], ["q"])
+    assert (skill.n_skills, skill.n_task_skills) == (8, 2)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("method.n_skils=3", "n_skils"),
+        ("method.rank=abc", "rank"),
+        ("trainer.max_step=3", "max_step"),
+        ("optim.lr=fast", "lr"),
+        ("benchmark.n_task=3", "n_task"),
+        ("backbone.kind=7", None),
+        ("method=lora", "lora"),
+        ("sed=1", "sed"),
+    ],
+)
+def test_misspelled_or_mistyped_overrides_fail_at_compose_time(override, fragment, tmp_path):
+    if fragment is None:  # well-typed but wrong value: caught by the schema's own validation
+        cfg = compose_train([override], output_dir=tmp_path)
+        with pytest.raises(ValueError, match="backbone.kind"):
+            check_config(cfg)
+        return
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train([override], output_dir=tmp_path)
+    text = str(err.value) + str(err.value.__cause__)
+    assert fragment in text
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["method=shared_lora", "optim.router_lr=0.1"], r"optim.router_lr=0.1: method shared_lora has no router"),
+        (["method=mhr", "method.n_splits=3"], r"method.n_splits=3: does not divide the input size 128"),
+        (["method=poly", "method.n_task_skills=1"], r"method.n_task_skills=1: method poly requires"),
+        (["method.mixing=sum"], r"method.mixing='sum'"),
+        (["trainer.max_steps=0"], r"trainer.max_steps=0"),
+        (["trainer.precision=fp8"], r"trainer.precision='fp8'"),
+        (["optim.scheduler=step"], r"optim.scheduler='step'"),
+        (["resume=maybe"], r"resume='maybe'"),
+    ],
+)
+def test_cross_field_checks_fail_fast_with_the_key_and_value(overrides, message, tmp_path):
+    cfg = compose_train(overrides, output_dir=tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+    assert time.perf_counter() - start < 30  # no model or data was loaded (meta-device shapes only)
+
+
+def test_router_lr_is_accepted_where_there_is_a_router(tmp_path):
+    for method in ("poly", "mhr", "cpoly", "moe_lora"):
+        check_config(compose_train([f"method={method}", "optim.router_lr=0.1"], output_dir=tmp_path))
+
+
+def test_sweep_files_compose():
+    files = sorted((CONF_DIR / "sweep").glob("*.yaml"))
+    assert files
+    for path in files:
+        node = OmegaConf.load(path)
+        params = node.hydra.sweeper.params
+        assert node.hydra.mode == "MULTIRUN" and params
+
+
+@pytest.mark.parametrize("path", sorted((CONF_DIR.parent / "sweeps" / "wandb").glob("*.yaml")), ids=lambda p: p.stem)
+def test_wandb_sweeps_name_real_keys_and_pass_them_as_overrides(path, tmp_path):
+    sweep = OmegaConf.to_container(OmegaConf.load(path))
+    assert sweep["program"] == "train.py"
+    assert "${args_no_hyphens}" in sweep["command"]
+    fixed = [a for a in sweep["command"] if "=" in a and not a.startswith("${")]
+    first_values = [f"{key}={spec['values'][0]}" for key, spec in sweep["parameters"].items()]
+    cfg = compose_train([*fixed, *first_values], output_dir=tmp_path)  # unknown keys would fail here
+    check_config(cfg)
+    metric_key = sweep["metric"]["name"].removeprefix("val/avg/")
+    assert metric_key in ("rougeL", "score", "char_similarity", "exact_match")
