@@ -156,6 +156,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     backbone_cfg = BackboneConfig.from_any(cfg.backbone).validate()
     accelerator = make_accelerator(cfg, backbone_cfg.kind)
+    if accelerator.device.type == "cpu" and cfg.trainer.cpu_threads:
+        torch.set_num_threads(cfg.trainer.cpu_threads)
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     method = to_object(cfg.method)

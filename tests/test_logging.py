@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,17 @@ def make_allocation(n_tasks: int, n_splits: int = 1, n_skills: int = 3, n_task_s
     if n_task_skills:
         weights = torch.repeat_interleave(torch.eye(n_tasks), n_task_skills, dim=1) / n_task_skills
     return Allocation(names, layers, mean, weights)
+
+
+def wait_for_records(path: Path, keys: list[str], timeout: float = 30.0) -> bytes:
+    """The bytes of a W&B offline run file once it holds every key: W&B's core process may still be
+    writing it for a moment after `finish()` returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = path.read_bytes() if path.exists() else b""
+        if all(k.encode() in data for k in keys) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.05)
 
 
 def without_time(records: list[dict]) -> list[dict]:
@@ -183,16 +195,16 @@ def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(
     run_id = logger.run_id
     folders = sorted((tmp_path / "out" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(folders) == 1 and logger.run_dir is None
-    records = (folders[0] / f"run-{run_id}.wandb").read_bytes()
-    for key in (
+    keys = [
         "train/loss",
         "train/step",
         "val/avg/exact_match",
         "alloc/heatmap",
         "alloc/matrix",
         "params/trainable",
-        "synthetic-tiny_t5-cpoly",
-    ):
+    ]
+    records = wait_for_records(folders[0] / f"run-{run_id}.wandb", keys + ["synthetic-tiny_t5-cpoly"])
+    for key in keys:
         assert key.encode() in records, key
     assert list((folders[0] / "files" / "media" / "images").rglob("*.png"))
 

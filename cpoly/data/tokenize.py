@@ -120,7 +120,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
         "vocab_size": tokenizer.vocab_size,
         "len": len(tokenizer),
-        "special": sorted(zip(tokenizer.all_special_tokens, tokenizer.all_special_ids, strict=True)),
+        "special_tokens": list(tokenizer.all_special_tokens),
+        "special_ids": list(tokenizer.all_special_ids),
         "eos_token_id": tokenizer.eos_token_id,
         "frame": [list(frame.head), list(frame.tail)],
     }

@@ -75,6 +75,15 @@ class SkilledLinear(nn.Module):
             if not name.startswith("base_layer."):
                 p.data = p.data.to(dtype)
 
+    # Model code reads these off its linear layers (T5 checks `wo.weight.dtype`, for one).
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
     @property
     def n_shared(self) -> int:
         return self.config.n_skills

@@ -11,26 +11,31 @@ from transformers import get_scheduler
 from cpoly.config import OptimConfig
 from cpoly.skills import skilled_layers
 
-# Parameters of a SkilledLinear that route rather than transform: the allocation logits Z, the
-# trainable exclusive-skill weights W_B and moe_lora's gate.
-ROUTER_PREFIXES = ("allocation.", "task_weights.", "gate.")
+# Parameters of a SkilledLinear that route: the allocation logits Z and moe_lora's gate train at
+# `router_lr`. C-Poly's exclusive-skill weights W_B start at the identity and train at the adapters'
+# lr (at a router lr of 0.1 they lose their identity within a few steps); neither decays to zero.
+ROUTER_PREFIXES = ("allocation.", "gate.")
+TASK_WEIGHT_PREFIX = "task_weights."
 
 
 def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
-    """Adapters (and task heads) at `lr` with weight decay; routers at `router_lr` without it."""
-    router_ids = {
-        id(p)
-        for _, layer in skilled_layers(model)
-        for name, p in layer.named_parameters()
-        if name.startswith(ROUTER_PREFIXES) and p.requires_grad
-    }
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    adapters = [p for _, p in trainable if id(p) not in router_ids]
-    routers = [p for _, p in trainable if id(p) in router_ids]
-    groups = [{"name": "adapters", "params": adapters, "lr": optim.lr, "weight_decay": optim.weight_decay}]
-    if routers:
-        lr = optim.router_lr if optim.router_lr is not None else optim.lr
-        groups.append({"name": "router", "params": routers, "lr": lr, "weight_decay": 0.0})
+    """Adapters (and task heads) at `lr` with weight decay; routers at `router_lr` and task-skill
+    weights at `lr`, both without weight decay."""
+    kinds: dict[int, str] = {}
+    for _, layer in skilled_layers(model):
+        for name, p in layer.named_parameters():
+            if name.startswith(ROUTER_PREFIXES):
+                kinds[id(p)] = "router"
+            elif name.startswith(TASK_WEIGHT_PREFIX):
+                kinds[id(p)] = "task_weights"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    of_kind = lambda kind: [p for p in trainable if kinds.get(id(p), "adapters") == kind]  # noqa: E731
+    router_lr = optim.router_lr if optim.router_lr is not None else optim.lr
+    groups = [
+        {"name": "adapters", "params": of_kind("adapters"), "lr": optim.lr, "weight_decay": optim.weight_decay},
+        {"name": "router", "params": of_kind("router"), "lr": router_lr, "weight_decay": 0.0},
+        {"name": "task_weights", "params": of_kind("task_weights"), "lr": optim.lr, "weight_decay": 0.0},
+    ]
     return [g for g in groups if g["params"]]
 
 
