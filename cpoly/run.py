@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import time
@@ -286,7 +287,8 @@ def _train_and_report(cfg, config, accelerator, model, backbone, data, eval_exam
     }
     if has_allocation and data.skill_structure:
         mean = allocation_matrix(model).mean
-        results["skill_recovery"] = skill_recovery(mean.reshape(mean.shape[0], -1), data.task_names, data.skill_structure)
+        recovery = skill_recovery(mean.reshape(mean.shape[0], -1), data.task_names, data.skill_structure)
+        results["skill_recovery"] = recovery if math.isfinite(recovery) else None  # NaN: allocation still flat
     if main:
         write_results(out / "results.json", results)
         wandb.summary({f"params/{k}": v for k, v in parameters.items()}
@@ -324,5 +326,11 @@ def _print_summary(results: dict[str, Any], out: Path) -> None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entrypoint body: train, and hand the optimised metric to sweepers."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    results = train(cfg)
+    try:
+        results = train(cfg)
+    except Exception:
+        # In a multirun the launcher goes on with the other jobs and re-raises only the first failure
+        # at the end: log every failure where it happens (console and the job's train.log).
+        log.exception("run %s failed", cfg.get("run_name"))
+        raise
     return results["best"].get("avg", {}).get(results["optimized_metric"].removeprefix("val/avg/"))

@@ -33,6 +33,16 @@ def data_dir() -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """gpu-marked tests need CUDA; on a CPU machine they are skipped, not failed."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 # Tiny models: one intra-op thread is faster than two fighting over a shared machine.
 torch.set_num_threads(1)
 

@@ -114,12 +114,32 @@ class TrainLoop:
         for indices in stream:
             yield {k: v.to(self.accelerator.device) for k, v in self.collator(self.train_dataset[indices]).items()}
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss to backpropagate, summed loss and count of what it sums, for the logs).
+
+        Token losses are summed and divided by the number of target tokens over all processes (times
+        the number of processes, which DDP's gradient averaging divides out again), so a data-parallel
+        step takes the same gradient as one process on the whole global batch."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        labels = batch["labels"]
         if self.kind == "encoder":
-            inputs["task_ids"] = batch["task_ids"]
+            with self.accelerator.autocast():
+                loss = self.model(**inputs, task_ids=batch["task_ids"], labels=labels).loss
+            n = torch.tensor(float(labels.shape[0]), device=loss.device)
+            return loss, loss.detach() * n, n
+        if self.kind == "seq2seq":
+            inputs["decoder_input_ids"] = self.unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
         with self.accelerator.autocast():
-            return self.model(**inputs).loss
+            logits = self.model(**inputs).logits
+        if self.kind == "causal":  # position t predicts token t + 1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        token_losses = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        n_tokens = (labels != -100).sum()
+        n_global = self.accelerator.reduce(n_tokens.float(), reduction="sum").clamp(min=1)
+        loss = token_losses * self.accelerator.num_processes / n_global
+        return loss, token_losses.detach(), n_tokens.float()
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> LoopState:
@@ -129,34 +149,35 @@ class TrainLoop:
             total=t.max_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
             disable=not (t.progress_bar and acc.is_main_process),
         )
-        window_loss, window_n = torch.zeros((), device=acc.device), 0
+        window_loss, window_n = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
         started = time.perf_counter() - self.state.train_seconds
         while self.state.step < t.max_steps:
             self.model.train()
             for _ in range(t.grad_accum):
                 batch = next(batches)
                 with acc.accumulate(self.model), use_tasks(self.unwrapped, batch["task_ids"]):
-                    loss = self._loss(batch)
+                    loss, loss_sum, loss_count = self._loss(batch)
                     # backward inside use_tasks: checkpointed layers recompute with the same tasks
                     acc.backward(loss)
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                window_loss += loss.detach()
-                window_n += 1
+                window_loss += loss_sum
+                window_n += loss_count
             self.scheduler.step()
             self.state.step += 1
             step = self.state.step
             self.state.train_seconds = time.perf_counter() - started
             if step % t.log_every == 0 or step == t.max_steps:
-                mean_loss = acc.reduce(window_loss, reduction="mean").item() / window_n
+                # the mean over every target token (example, for encoders) of all processes
+                mean_loss = (acc.reduce(window_loss, reduction="sum") / acc.reduce(window_n, reduction="sum")).item()
                 metrics = {"train/loss": mean_loss, "train/step": step, **learning_rates(self.optimizer)}
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
                 self.on_log(metrics, step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                window_loss, window_n = torch.zeros((), device=acc.device), 0
+                window_loss, window_n = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
             bar.update(1)
             if step % t.eval_every == 0 or step == t.max_steps:
                 self._evaluate_and_checkpoint(step)

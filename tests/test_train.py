@@ -1,0 +1,122 @@
+"""The training app end to end on the synthetic benchmark with tiny_t5: every method, the run
+folder's outputs, resume equivalence, W&B offline mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers.compose import compose_train
+
+from cpoly.config import ConfigError
+from cpoly.logging import read_metrics
+from cpoly.run import train
+from cpoly.skills import METHODS
+
+RESULT_KEYS = {
+    "run_name", "group", "seed", "benchmark", "backbone", "method", "metric", "main_metric", "optimized_metric",
+    "final", "best", "skill_recovery", "parameters", "steps", "train_seconds", "wall_time_s", "git_sha",
+    "status", "n_train", "n_eval", "tasks", "benchmark_info", "tokenization", "paths",
+}
+SMALL_DATA = ["benchmark.n_tasks=4", "benchmark.n_train_per_task=40", "benchmark.n_eval_per_task=6"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def run(overrides, out, cache_dir):
+    cfg = compose_train(["debug=smoke", *SMALL_DATA, *overrides], output_dir=out, cache_dir=cache_dir)
+    return train(cfg)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_writes_its_run_folder(method, tmp_path, cache_dir):
+    results = run([f"method={method}"], tmp_path, cache_dir)
+    assert RESULT_KEYS <= set(results)
+    assert results["steps"] == 4 and results["status"] == "finished" and results["method"] == method
+    assert set(results["final"]["per_task"]) == set(results["tasks"]) and len(results["tasks"]) == 4
+    assert "char_similarity" in results["final"]["avg"] and "exact_match" in results["final"]["avg"]
+    counts = results["parameters"]
+    assert counts["trainable"] == counts["shared_skills"] + counts["task_skills"] + counts["router"] + counts["heads"]
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config_resolved.yaml", "tasks.txt", "metrics.jsonl", "predictions.jsonl", "results.json", "last", "best"} <= files
+    assert ("allocation.png" in files) == (method in ("poly", "mhr", "cpoly"))
+    if method not in ("poly", "mhr", "cpoly"):
+        assert results["skill_recovery"] is None
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
+    prediction = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[0])
+    assert set(prediction) == {"task", "id", "source", "prediction", "references"}
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == results["n_eval"] == 4 * 2
+    assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.pt"} <= {p.name for p in (tmp_path / "last").iterdir()}
+    logged = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in logged if "train/loss" in r] == [2, 4]
+    assert any("val/avg/char_similarity" in r for r in logged)
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, cache_dir, monkeypatch):
+    overrides = ["trainer.max_steps=6", "trainer.eval_every=3", "trainer.log_every=1", "method=cpoly"]
+    reference = run(overrides, tmp_path / "whole", cache_dir)
+
+    from cpoly.train.loop import TrainLoop
+
+    original = TrainLoop._evaluate_and_checkpoint
+
+    def crash_after_first_checkpoint(self, step):
+        original(self, step)
+        raise KeyboardInterrupt("preempted")
+
+    monkeypatch.setattr(TrainLoop, "_evaluate_and_checkpoint", crash_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(overrides, tmp_path / "split", cache_dir)
+    monkeypatch.setattr(TrainLoop, "_evaluate_and_checkpoint", original)
+    assert not (tmp_path / "split" / "results.json").exists()
+    resumed = run([*overrides, "resume=must"], tmp_path / "split", cache_dir)
+
+    assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "split" / "metrics.jsonl")) == strip(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "whole" / "last" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "last" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_resume_refuses_what_would_lose_or_mix_work(tmp_path, cache_dir):
+    run([], tmp_path, cache_dir)
+    with pytest.raises(ConfigError, match="resume=never but .* holds a checkpoint"):
+        run(["resume=never"], tmp_path, cache_dir)
+    with pytest.raises(ConfigError, match=r"another config.*optim.lr"):
+        run(["optim.lr=0.5"], tmp_path, cache_dir)
+    again = run([], tmp_path, cache_dir)  # finished: reports the results without training again
+    assert again["steps"] == 4
+    with pytest.raises(ConfigError, match="resume=must: no checkpoint"):
+        run(["resume=must"], tmp_path / "fresh", cache_dir)
+
+
+def test_wandb_offline_writes_a_run_folder(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    results = run(["logger=wandb"], tmp_path, cache_dir)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and results["wandb_run_id"] and results["wandb_run_id"] in runs[0].name
+
+
+def test_unknown_eval_tasks_need_uniform_routing(tmp_path, cache_dir, monkeypatch):
+    from cpoly import run as run_module
+    from cpoly.data.example import BenchmarkData
+
+    real = run_module.load_benchmark
+
+    def with_an_unseen_task(cfg, data_dir):
+        data = real(cfg, data_dir)
+        unseen = [type(ex)(task="unseen", source=ex.source, target=ex.target, id=f"u{i}") for i, ex in enumerate(data.eval[:3])]
+        return BenchmarkData(**{**data.__dict__, "eval": data.eval + unseen})
+
+    monkeypatch.setattr(run_module, "load_benchmark", with_an_unseen_task)
+    with pytest.raises(ConfigError, match="method.unknown_task=uniform"):
+        run([], tmp_path / "a", cache_dir)
+    results = run(["method.unknown_task=uniform"], tmp_path / "b", cache_dir)
+    assert "unseen" in results["final"]["per_task"] and "unseen" not in results["tasks"]
