@@ -42,6 +42,7 @@ so no evaluation input can also be a training input.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ from typing import Any
 from cpoly.data.example import BenchmarkData, Example
 from cpoly.data.io import DataError, read_name_list, resolve_data_dir, seeded_rng
 from cpoly.data.superni_sources import HUB_DATASET, SPLITS, NIInstance, NITask, TaskStore, open_task_store
+
+log = logging.getLogger(__name__)
 
 PROTOCOLS = ("cpoly", "cross_task")
 
@@ -101,6 +104,10 @@ def load_superni(cfg: SuperNIConfig, data_dir: Path | str | None) -> BenchmarkDa
         "dropped_empty_target_instances": usable.dropped_empty,
         "dropped_duplicate_inputs": usable.dropped_duplicates,
     }
+    used = {ex.task for ex in train + evaluation}
+    dropped = {task: n for task, n in usable.dropped_empty.items() if task in used}
+    if dropped:  # not an error by default (see empty_targets), but never silent
+        log.warning("SuperNI: left out %d instances with an empty target: %s", sum(dropped.values()), dropped)
     return BenchmarkData(
         name=cfg.name,
         train=train,
