@@ -38,44 +38,29 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -m cpoly.backbones gemma3_270m --cache-dir "$CACHE_DIR" --prompt "The capital of France is" --max-new-tokens 12
 
 # --- 1. the training entrypoint ----------------------------------------------------------------------------
-if [ -z "${FALLBACK_ONLY:-}" ] && [ -f train.py ]; then
+if [ -z "${FALLBACK_ONLY:-}" ]; then
     RUN_DIR="logs/gpu_check/$(date +%Y%m%d-%H%M%S)"
+    # The paper's SuperNI protocol (100 tasks x 1000), bf16, a short evaluation at the end only.
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of overrides
-    if $PY train.py backbone=gemma3_270m benchmark=superni method=cpoly trainer.max_steps="$STEPS" \
-        hydra.run.dir="$RUN_DIR" ${TRAIN_ARGS:-}; then
+    if $PY train.py experiment=superni-gemma3_270m-cpoly benchmark.n_tasks=100 benchmark.n_train_per_task=1000 \
+        benchmark.n_eval_per_task=100 backbone.max_source_length=1024 backbone.max_target_length=128 \
+        trainer.max_steps="$STEPS" trainer.batch_size="$BATCH" trainer.eval_every="$STEPS" trainer.log_every=25 \
+        trainer.max_eval_per_task=2 trainer.precision=bf16 logger=none hydra.run.dir="$RUN_DIR" ${TRAIN_ARGS:-}; then
         $PY - "$RUN_DIR" <<'EOF'
-"""Print the throughput and memory figures a run wrote (whatever their exact key names)."""
 import json, sys
 from pathlib import Path
 
-run = Path(sys.argv[1])
-wanted = ("token", "per_s", "throughput", "memory", "mem", "wall", "step", "time")
-def flatten(d, prefix=""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from flatten(v, f"{prefix}{k}/")
-        else:
-            yield f"{prefix}{k}", v
-figures = {}
-for path in [run / "results.json", *sorted(run.rglob("results.json"))]:
-    if path.is_file():
-        figures.update(dict(flatten(json.loads(path.read_text()))))
-        break
-metrics = sorted(run.rglob("metrics.jsonl"))
-if metrics:
-    lines = [json.loads(line) for line in metrics[0].read_text().splitlines() if line.strip()]
-    if lines:
-        figures.update({f"last_logged/{k}": v for k, v in flatten(lines[-1])})
-shown = {k: v for k, v in figures.items() if any(w in k.lower() for w in wanted) and not isinstance(v, list)}
-print(f"train.py run {run}:")
-for k, v in sorted(shown.items()) or [("(no throughput/memory keys found)", "")]:
-    print(f"  {k}: {v}")
+results = json.loads((Path(sys.argv[1]) / "results.json").read_text())
+t = results["throughput"]
+print(f"train.py: {results['steps']} steps, {t['tokens_per_second']:.0f} tokens/s, {t['seconds_per_step']:.3f} s/step, "
+      f"peak GPU memory {t['peak_memory_mib']:.0f} MiB ({t['device']}, {t['precision']}); "
+      f"final rougeL {results['final']['avg'].get('rougeL', float('nan')):.2f}")
 EOF
     else
         echo "train.py failed (see above); the standalone measurement follows"
     fi
 else
-    echo "skipping train.py (FALLBACK_ONLY set or no train.py yet)"
+    echo "skipping train.py (FALLBACK_ONLY set)"
 fi
 
 # --- 2. standalone: the backbone and skills alone ----------------------------------------------------------

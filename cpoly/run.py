@@ -277,6 +277,7 @@ def _train_and_report(cfg, config, accelerator, model, backbone, data, eval_exam
         "best": {"step": state.best_step, **(state.best_scores and _split_avg(state.best_scores) or {})},
         "skill_recovery": None, "parameters": parameters, "steps": state.step,
         "train_seconds": round(state.train_seconds, 2), "wall_time_s": round(time.perf_counter() - wall_start, 2),
+        "throughput": _throughput(state, accelerator),
         "git_sha": git_sha(Path(cfg.paths.root_dir)), "status": "finished",
         "n_train": len(data.train), "n_eval": len(eval_examples), "tasks": data.task_names,
         "benchmark_info": data.info,
@@ -297,6 +298,25 @@ def _train_and_report(cfg, config, accelerator, model, backbone, data, eval_exam
         _print_summary(results, out)
     accelerator.wait_for_everyone()
     return results
+
+
+def _throughput(state, accelerator: Accelerator) -> dict[str, float | None]:
+    """Training speed and memory: tokens (inputs + targets, all processes) per second of optimizer steps,
+    seconds per step, and the peak memory of this process (CUDA allocator, else peak resident set)."""
+    if accelerator.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(accelerator.device) / 2**20
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    seconds = state.step_seconds or float("nan")
+    return {
+        "tokens_per_second": round(state.tokens / seconds, 1) if state.step_seconds else None,
+        "seconds_per_step": round(state.step_seconds / state.step, 4) if state.step else None,
+        "peak_memory_mib": round(peak, 1),
+        "device": str(accelerator.device),
+        "precision": accelerator.mixed_precision,
+    }
 
 
 def _split_avg(scores: dict[str, dict[str, float]]) -> dict[str, Any]:

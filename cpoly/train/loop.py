@@ -41,7 +41,9 @@ class LoopState:
     best_scores: dict[str, dict[str, float]] | None = None
     last_scores: dict[str, dict[str, float]] | None = None  # the latest evaluation
     wandb_run_id: str | None = None
-    train_seconds: float = 0.0  # wall time spent in this run's training so far (across resumes)
+    train_seconds: float = 0.0  # wall time of the loop so far, evaluations included (across resumes)
+    step_seconds: float = 0.0  # wall time of the optimizer steps alone
+    tokens: int = 0  # input + target tokens trained on, all processes
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -71,6 +73,7 @@ class TrainLoop:
         # The scheduler is stepped by hand once per optimizer step (Accelerate would step it once per
         # process); the sampler shards batches itself, so no dataloader is prepared.
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self._pending_tokens = torch.zeros((), dtype=torch.long, device=self.accelerator.device)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -153,8 +156,12 @@ class TrainLoop:
         started = time.perf_counter() - self.state.train_seconds
         while self.state.step < t.max_steps:
             self.model.train()
+            step_start = time.perf_counter()
             for _ in range(t.grad_accum):
                 batch = next(batches)
+                self._pending_tokens += batch["attention_mask"].sum()
+                if self.kind == "seq2seq":  # the decoder's tokens; causal targets are inside input_ids
+                    self._pending_tokens += (batch["labels"] != -100).sum()
                 with acc.accumulate(self.model), use_tasks(self.unwrapped, batch["task_ids"]):
                     loss, loss_sum, loss_count = self._loss(batch)
                     # backward inside use_tasks: checkpointed layers recompute with the same tasks
@@ -166,10 +173,12 @@ class TrainLoop:
                 window_loss += loss_sum
                 window_n += loss_count
             self.scheduler.step()
+            self.state.step_seconds += time.perf_counter() - step_start
             self.state.step += 1
             step = self.state.step
             self.state.train_seconds = time.perf_counter() - started
             if step % t.log_every == 0 or step == t.max_steps:
+                self._count_tokens()
                 # the mean over every target token (example, for encoders) of all processes
                 mean_loss = (acc.reduce(window_loss, reduction="sum") / acc.reduce(window_n, reduction="sum")).item()
                 metrics = {"train/loss": mean_loss, "train/step": step, **learning_rates(self.optimizer)}
@@ -184,7 +193,13 @@ class TrainLoop:
         bar.close()
         return self.state
 
+    def _count_tokens(self) -> None:
+        """Fold the tokens counted on the device into the state (one sync, at log and checkpoint steps)."""
+        self.state.tokens += int(self.accelerator.reduce(self._pending_tokens, reduction="sum").item())
+        self._pending_tokens.zero_()
+
     def _evaluate_and_checkpoint(self, step: int) -> None:
+        self._count_tokens()
         evaluation = self.evaluate(self.unwrapped)
         self.state.last_scores = evaluation.scores
         key = self.optimized_metric.removeprefix("val/avg/")
