@@ -21,17 +21,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING = [
-    "benchmark=superni", "backbone=tiny_t5", "benchmark.n_tasks=100", "benchmark.n_train_per_task=1000",
-    "benchmark.n_eval_per_task=100", "backbone.max_source_length=1024", "backbone.max_target_length=128",
+    "benchmark=superni",
+    "backbone=tiny_t5",
+    "benchmark.n_tasks=100",
+    "benchmark.n_train_per_task=1000",
+    "benchmark.n_eval_per_task=100",
+    "backbone.max_source_length=1024",
+    "backbone.max_target_length=128",
 ]
 
 
 def launch_to_first_step(cache_dir: Path, output_dir: Path) -> float:
     """Seconds from starting `python train.py` to the first logged training step."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", CPOLY_CACHE_DIR=str(cache_dir))
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", CPOLY_CACHE_DIR=str(cache_dir)
+    )
     command = [
-        sys.executable, str(ROOT / "train.py"), *SETTING, "logger=none", "trainer.max_steps=1", "trainer.log_every=1",
-        "trainer.max_eval_per_task=1", "trainer.progress_bar=false", f"hydra.run.dir={output_dir}",
+        sys.executable,
+        str(ROOT / "train.py"),
+        *SETTING,
+        "logger=none",
+        "trainer.max_steps=1",
+        "trainer.log_every=1",
+        "trainer.max_eval_per_task=1",
+        "trainer.progress_bar=false",
+        f"hydra.run.dir={output_dir}",
     ]
     start = time.time()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -57,13 +71,20 @@ def padding_fractions(cache_dir: Path, n_batches: int, batch_size: int) -> tuple
     data = load_benchmark(cfg.benchmark, cfg.paths.data_dir)
     backbone = load_backbone(cfg.backbone, cache_dir=cache_dir)
     split = tokenize_examples(
-        data.train, backbone.tokenizer, kind=backbone.kind, max_source_length=cfg.backbone.max_source_length,
-        max_target_length=cfg.backbone.max_target_length, task_to_id=data.task_names, cache_dir=cache_dir / "tokenized",
+        data.train,
+        backbone.tokenizer,
+        kind=backbone.kind,
+        max_source_length=cfg.backbone.max_source_length,
+        max_target_length=cfg.backbone.max_target_length,
+        task_to_id=data.task_names,
+        cache_dir=cache_dir / "tokenized",
     )
     tasks, lengths = split.dataset["task_id"], split.dataset["length"]
     fractions = []
     for grouped in (False, True):
-        sampler = MultiTaskBatchSampler(tasks=tasks, lengths=lengths, batch_size=batch_size, group_by_length=grouped, seed=1)
+        sampler = MultiTaskBatchSampler(
+            tasks=tasks, lengths=lengths, batch_size=batch_size, group_by_length=grouped, seed=1
+        )
         batches = [b for b, _ in zip(sampler, range(n_batches), strict=False)]
         fractions.append(padding_fraction(batches, lengths))
     return fractions[0], fractions[1]

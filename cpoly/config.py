@@ -50,7 +50,9 @@ class MethodConfig:
     # takes it. null: the adapters' lr. mttl's Poly/MHR used 0.1 against 1e-3 for the adapters.
     router_lr: float | None = None
 
-    def skill_config(self, task_names: list[str], target_modules: Any, modules_to_save: list[str] | None = None) -> SkillConfig:
+    def skill_config(
+        self, task_names: list[str], target_modules: Any, modules_to_save: list[str] | None = None
+    ) -> SkillConfig:
         return SkillConfig(
             method=self.method,
             task_names=list(task_names),
@@ -139,7 +141,9 @@ SCHEMAS = {
 }
 
 
-def skills_tag(method: str, n_skills: int | None, n_task_skills: int | None, n_splits: int | None, rank: int | None) -> str:
+def skills_tag(
+    method: str, n_skills: int | None, n_task_skills: int | None, n_splits: int | None, rank: int | None
+) -> str:
     """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2."""
     d = METHOD_DEFAULTS.get(method, {})
     k = n_skills if n_skills is not None else d.get("n_skills")
@@ -210,7 +214,9 @@ def check_config(cfg: DictConfig) -> None:
     if trainer.precision not in ("auto", "no", "bf16", "fp16"):
         raise ConfigError(f"trainer.precision={trainer.precision!r}: must be one of auto, no, bf16, fp16")
     if trainer.task_sampling not in ("proportional", "uniform", "temperature"):
-        raise ConfigError(f"trainer.task_sampling={trainer.task_sampling!r}: must be proportional, uniform or temperature")
+        raise ConfigError(
+            f"trainer.task_sampling={trainer.task_sampling!r}: must be proportional, uniform or temperature"
+        )
     if cfg.resume not in ("auto", "never", "must"):
         raise ConfigError(f"resume={cfg.resume!r}: must be auto (continue from last/ if there), never or must")
     if cfg.logger.name == "wandb" and cfg.logger.mode not in ("offline", "online", "disabled"):

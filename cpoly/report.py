@@ -166,9 +166,7 @@ def markdown_table(groups: Sequence[GroupSummary], per_task: bool = True) -> str
         which = members[0].which
         title = f"## {benchmark or 'unknown benchmark'}: {metric}, {which} (mean ± std over seeds)"
         blocks.append(
-            "\n".join(
-                [title, "", _markdown_row(header), _markdown_rule(header)] + [_markdown_row(r) for r in rows]
-            )
+            "\n".join([title, "", _markdown_row(header), _markdown_rule(header)] + [_markdown_row(r) for r in rows])
         )
     return "\n\n".join(blocks) + "\n"
 
@@ -223,20 +221,14 @@ def plot_groups(groups: Sequence[GroupSummary], path: str | Path) -> Path:
     parts = sections(groups)
     n_rows = sum(len(m) for m in parts.values())
     fig = new_figure(9.0, min(40.0, 1.2 * len(parts) + 0.35 * n_rows + 0.8))
-    axes = fig.subplots(len(parts), 1, squeeze=False, height_ratios=[len(m) + 1 for m in parts.values()])[
-        :, 0
-    ]
+    axes = fig.subplots(len(parts), 1, squeeze=False, height_ratios=[len(m) + 1 for m in parts.values()])[:, 0]
     methods = sorted({g.method for g in groups}, key=lambda m: (_method_rank(m), m))
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     for ax, ((benchmark, metric), members) in zip(axes, parts.items(), strict=True):
         y = list(range(len(members)))[::-1]  # first group on top
         errors = [0.0 if math.isnan(g.std) else g.std for g in members]
-        ax.barh(
-            y, [g.mean for g in members], xerr=errors, capsize=3, color=[colours[g.method] for g in members]
-        )
-        ax.set_yticks(
-            y, [f"{g.group} (n={len(g.seeds)})" for g in members], fontsize=label_fontsize(len(members))
-        )
+        ax.barh(y, [g.mean for g in members], xerr=errors, capsize=3, color=[colours[g.method] for g in members])
+        ax.set_yticks(y, [f"{g.group} (n={len(g.seeds)})" for g in members], fontsize=label_fontsize(len(members)))
         ax.set_xlabel(f"{metric} ({members[0].which}, mean ± std over seeds)")
         ax.set_title(benchmark)
         ax.grid(axis="x", alpha=0.3)
@@ -288,9 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpoly.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="run folders, multirun folders or results.json files")
     parser.add_argument("--metric", help="the metric to report (default: each run's main_metric)")
-    parser.add_argument(
-        "--which", choices=["final", "best"], default="final", help="final or best checkpoint scores"
-    )
+    parser.add_argument("--which", choices=["final", "best"], default="final", help="final or best checkpoint scores")
     parser.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     parser.add_argument("--plot", type=Path, help="also write a bar chart of the groups to this PNG")
     parser.add_argument(

@@ -403,15 +403,14 @@ def test_config_file_is_valid_and_its_targets_match_its_architecture(name, tmp_p
     arch = CONFIG_ARCH[name]
     assert cfg.kind == ARCHS[arch]["kind"]
     variants = [{}]
-    if arch == "t5" and cfg.source == "hub":  # FLAN-T5 is T5 v1.1: gated feed-forward (wi_0, wi_1); the targets must not care
+    if (
+        arch == "t5" and cfg.source == "hub"
+    ):  # FLAN-T5 is T5 v1.1: gated feed-forward (wi_0, wi_1); the targets must not care
         variants.append({"feed_forward_proj": "gated-gelu"})
     for variant in variants:
         tiny = load_tiny(arch, tmp_path, model_overrides={**ARCHS[arch]["overrides"], **variant}).model
         assert unmatched_targets(tiny, cfg.target_modules) == []
-        assert all(
-            isinstance(tiny.get_submodule(n), nn.Linear)
-            for n in target_linear_names(tiny, cfg.target_modules)
-        )
+        assert all(isinstance(tiny.get_submodule(n), nn.Linear) for n in target_linear_names(tiny, cfg.target_modules))
 
 
 def test_config_files_compose_with_hydra_against_the_schema(tmp_path):
@@ -449,9 +448,7 @@ def test_missing_hub_model_offline_fails_fast_with_one_line(tmp_path, monkeypatc
     assert time.monotonic() - start < 5
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith(
-        "backbone t5_large: 'cpoly-tests/no-such-model' is not in the local Hugging Face cache"
-    )
+    assert message.startswith("backbone t5_large: 'cpoly-tests/no-such-model' is not in the local Hugging Face cache")
     assert "HF_HUB_OFFLINE=1" in message and "backbone.model_id" in message
 
 
@@ -571,9 +568,7 @@ def test_gemma3_270m_is_a_sensible_language_model(gemma):
     with torch.no_grad():
         nll = model(**natural, labels=natural.input_ids).loss.item()
     assert nll < 4.0  # a uniform guess over 262k tokens is 12.5 nats; we measured about 2.5
-    prompts = tok(
-        ["The capital of France is", "Water boils at a temperature of"], return_tensors="pt", padding=True
-    )
+    prompts = tok(["The capital of France is", "Water boils at a temperature of"], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model.generate(**prompts, max_new_tokens=12)
     continuations = tok.batch_decode(out[:, prompts.input_ids.shape[1] :], skip_special_tokens=True)
@@ -616,9 +611,7 @@ def test_skills_go_exactly_on_the_configured_targets(arch, tmp_path):
     assert [name for name, _ in skilled_layers(backbone.model)] == expected
     if backbone.kind == "encoder":
         assert all(p.requires_grad for p in backbone.model.task_heads.parameters())
-        assert not any(
-            p.requires_grad for n, p in backbone.model.encoder.named_parameters() if "base_layer" in n
-        )
+        assert not any(p.requires_grad for n, p in backbone.model.encoder.named_parameters() if "base_layer" in n)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -58,9 +58,7 @@ def test_choices_select_the_classification_metric(tmp_path):
     data = load_jsonl(JsonlConfig(file=str(_write(tmp_path / "c.jsonl", lines))), None)
     assert data.metric == "classification" and data.main_metric == "accuracy"
     assert all(ex.choices == ["neg", "pos"] for ex in data.train)
-    named = load_jsonl(
-        JsonlConfig(file=str(tmp_path / "c.jsonl"), metric="superni", main_metric="exact_match"), None
-    )
+    named = load_jsonl(JsonlConfig(file=str(tmp_path / "c.jsonl"), metric="superni", main_metric="exact_match"), None)
     assert named.metric == "superni" and named.main_metric == "exact_match"
 
 
@@ -116,16 +114,12 @@ def test_bad_config_is_named(cfg, match, tmp_path):
         load_jsonl(cfg, tmp_path)
 
 
-def _compose_benchmark(option: str, schemas: dict):
-    """benchmark/<option>.yaml composed over its schema (registered here as cpoly/config.py does)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
+def _compose_benchmark(option: str, schemas: dict | None = None):
+    """benchmark/<option>.yaml composed into the app's config (schemas registered by cpoly.config)."""
+    from helpers.compose import compose_train
     from omegaconf import OmegaConf
 
-    for name, node in schemas.items():
-        ConfigStore.instance().store(group="benchmark", name=name, node=node)
-    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
-        return OmegaConf.to_object(compose(overrides=[f"+benchmark={option}"]).benchmark)
+    return OmegaConf.to_object(compose_train([f"benchmark={option}"], output_dir="unused").benchmark)
 
 
 def test_hydra_option_composes_over_the_schema():

@@ -210,9 +210,7 @@ def test_offline_without_local_data_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def _examples(task: str, records: list[dict]):
-    return [
-        ex for i, r in enumerate(records) for unit in TASKS[task].build(r, "val", f"row {i}") for ex in unit
-    ]
+    return [ex for i, r in enumerate(records) for unit in TASKS[task].build(r, "val", f"row {i}") for ex in unit]
 
 
 HUB_ROWS = {  # aps/super_glue schema: ClassLabel ints, flattened WSC / MultiRC / ReCoRD
@@ -282,10 +280,7 @@ def test_hub_rows_give_the_same_examples_as_official_records(task):
 
 def test_hub_wsc_marks_the_pronoun():
     example = _examples("wsc", records_from_hub_rows("wsc", HUB_ROWS["wsc"]))[0]
-    assert (
-        example.source.startswith("Text: Ann thanked Bo because *she* was kind .\n")
-        and example.target == "true"
-    )
+    assert example.source.startswith("Text: Ann thanked Bo because *she* was kind .\n") and example.target == "true"
 
 
 def test_hub_multirc_rows_are_grouped_into_questions():
@@ -315,21 +310,15 @@ def test_hub_record_rows_match_the_official_record():
         "answers": ["Ada Lovelace"],
         "idx": {"passage": 0, "query": 0},
     }
-    assert _examples("record", records_from_hub_rows("record", [row])) == _examples(
-        "record", [RECORD_PASSAGE]
-    )
+    assert _examples("record", records_from_hub_rows("record", [row])) == _examples("record", [RECORD_PASSAGE])
 
 
-def _compose_benchmark(option: str, schemas: dict):
-    """benchmark/<option>.yaml composed over its schema (registered here as cpoly/config.py does)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
+def _compose_benchmark(option: str, schemas: dict | None = None):
+    """benchmark/<option>.yaml composed into the app's config (schemas registered by cpoly.config)."""
+    from helpers.compose import compose_train
     from omegaconf import OmegaConf
 
-    for name, node in schemas.items():
-        ConfigStore.instance().store(group="benchmark", name=name, node=node)
-    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
-        return OmegaConf.to_object(compose(overrides=[f"+benchmark={option}"]).benchmark)
+    return OmegaConf.to_object(compose_train([f"benchmark={option}"], output_dir="unused").benchmark)
 
 
 def test_hydra_option_composes_over_the_schema():

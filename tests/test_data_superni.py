@@ -256,20 +256,14 @@ def test_upstream_layout_is_detected_and_filtered_to_english(tmp_path):
             "task003_lower": _upstream_task("task003", 30),
         },
     )
-    data = load_superni(
-        _small(n_tasks=1, n_train_per_task=20, n_eval_per_task=5, task_pool=["train"]), tmp_path
-    )
+    data = load_superni(_small(n_tasks=1, n_train_per_task=20, n_eval_per_task=5, task_pool=["train"]), tmp_path)
     assert data.info["source"] == "upstream" and data.task_names == ["task001_upper"]
     assert len(data.train) == 20 and len(data.eval) == 5
     assert data.eval[0].prefix == "Definition: Rewrite the word (task001).\n\n"
     with pytest.raises(DataError, match="only 1 tasks"):
         load_superni(_small(n_tasks=2, n_train_per_task=20, n_eval_per_task=5, task_pool=["train"]), tmp_path)
-    xtask = load_superni(
-        _small(protocol="cross_task", n_tasks=None, task_pool=["train"], n_eval_per_task=7), tmp_path
-    )
-    assert xtask.task_names == ["task001_upper"] and [ex.id for ex in xtask.eval] == [
-        f"task003-{i}" for i in range(7)
-    ]
+    xtask = load_superni(_small(protocol="cross_task", n_tasks=None, task_pool=["train"], n_eval_per_task=7), tmp_path)
+    assert xtask.task_names == ["task001_upper"] and [ex.id for ex in xtask.eval] == [f"task003-{i}" for i in range(7)]
 
 
 def test_hub_rows_convert_to_tasks():
@@ -294,13 +288,9 @@ def test_hub_rows_convert_to_tasks():
         ("task1-1", "1+1?", ("2",)),
     ]
     example = build_prompt(task, task.instances[0], SuperNIConfig())
-    assert (
-        example.prompt == "Definition: Answer.\n\nNow complete the following example -\nInput: 2+2?\nOutput:"
-    )
+    assert example.prompt == "Definition: Answer.\n\nNow complete the following example -\nInput: 2+2?\nOutput:"
     with pytest.raises(DataError, match="fixture row 0: missing field 'inputs'"):
-        tasks_from_hub_rows(
-            [{"task_name": "t", "id": "0", "definition": "d", "targets": "x"}], origin="fixture"
-        )
+        tasks_from_hub_rows([{"task_name": "t", "id": "0", "definition": "d", "targets": "x"}], origin="fixture")
 
 
 def test_offline_without_local_data_is_a_one_line_error(tmp_path, monkeypatch):
@@ -312,16 +302,12 @@ def test_offline_without_local_data_is_a_one_line_error(tmp_path, monkeypatch):
     assert "Muennighoff/natural-instructions" in message
 
 
-def _compose_benchmark(option: str, schemas: dict):
-    """benchmark/<option>.yaml composed over its schema (registered here as cpoly/config.py does)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
+def _compose_benchmark(option: str, schemas: dict | None = None):
+    """benchmark/<option>.yaml composed into the app's config (schemas registered by cpoly.config)."""
+    from helpers.compose import compose_train
     from omegaconf import OmegaConf
 
-    for name, node in schemas.items():
-        ConfigStore.instance().store(group="benchmark", name=name, node=node)
-    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
-        return OmegaConf.to_object(compose(overrides=[f"+benchmark={option}"]).benchmark)
+    return OmegaConf.to_object(compose_train([f"benchmark={option}"], output_dir="unused").benchmark)
 
 
 def test_hydra_options_compose_over_the_schema():
@@ -356,8 +342,6 @@ def test_hub_is_used_without_local_data_when_online(tmp_path, monkeypatch):
         ]
 
     monkeypatch.setattr("cpoly.data.superni_sources.load_hub_rows", fake_rows)
-    data = load_superni(
-        _small(n_tasks=1, n_train_per_task=8, n_eval_per_task=4, task_pool=["train"]), tmp_path
-    )
+    data = load_superni(_small(n_tasks=1, n_train_per_task=8, n_eval_per_task=4, task_pool=["train"]), tmp_path)
     assert data.info["source"] == "hub" and data.task_names == ["task1_train"]
     assert (len(data.train), len(data.eval)) == (8, 4)

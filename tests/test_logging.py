@@ -133,9 +133,7 @@ def test_write_results_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_settings_from_a_config_mapping_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = WandbSettings.from_any(
-        {"name": "wandb", "project": "p", "mode": "online", "tags": ["a", 1], "entity": None}
-    )
+    s = WandbSettings.from_any({"name": "wandb", "project": "p", "mode": "online", "tags": ["a", 1], "entity": None})
     assert (s.project, s.mode, s.tags, s.entity) == ("p", "online", ["a", "1"], None)
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert s.resolved_mode() == "offline"
@@ -168,9 +166,7 @@ def test_other_ranks_never_start_wandb(tmp_path: Path, monkeypatch: pytest.Monke
     assert not logger.active
 
 
-def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     settings = {
         "project": "cpoly",
@@ -289,9 +285,7 @@ def test_heatmap_is_a_png_of_sensible_size(tmp_path: Path, n_tasks: int) -> None
 
 
 def test_heatmap_with_splits_and_no_task_skills(tmp_path: Path) -> None:
-    path = plot_allocation(
-        make_allocation(10, n_splits=2, n_skills=4, n_task_skills=0), tmp_path / "a.png", "mhr"
-    )
+    path = plot_allocation(make_allocation(10, n_splits=2, n_skills=4, n_task_skills=0), tmp_path / "a.png", "mhr")
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 

@@ -173,9 +173,7 @@ def test_score_by_task_gives_per_task_metrics_and_their_macro_average():
         Example("t2", "s", ["hello world"], id="3"),
     ]
     scores = score_by_task("superni", examples, ["the cat sat", "cat", "hello world"])
-    assert scores["t1"]["exact_match"] == pytest.approx(50.0) and scores["t2"][
-        "exact_match"
-    ] == pytest.approx(100.0)
+    assert scores["t1"]["exact_match"] == pytest.approx(50.0) and scores["t2"]["exact_match"] == pytest.approx(100.0)
     assert scores["avg"]["exact_match"] == pytest.approx(75.0)  # macro: mean of the task means
     assert scores["avg"]["rougeL"] == pytest.approx((scores["t1"]["rougeL"] + scores["t2"]["rougeL"]) / 2)
     with pytest.raises(ValueError, match="2 predictions for 3 examples"):
@@ -193,9 +191,7 @@ def test_score_by_task_passes_choices_and_groups_and_serves_encoder_predictions(
     predicted_index = [1, 0, 0, 2]  # what an encoder backbone predicts
     predictions = [ex.choices[i] for ex, i in zip(examples, predicted_index, strict=True)]
     scores = score_by_task("superglue", examples, predictions)
-    assert scores["multirc"]["em"] == pytest.approx(50.0) and scores["multirc"]["f1a"] == pytest.approx(
-        100 * 2 / 3
-    )
+    assert scores["multirc"]["em"] == pytest.approx(50.0) and scores["multirc"]["f1a"] == pytest.approx(100 * 2 / 3)
     assert scores["cb"] == {"accuracy": 100.0, "f1_macro": 100.0, "score": 100.0}
     assert scores["avg"]["score"] == pytest.approx((scores["multirc"]["score"] + 100.0) / 2)
     assert scores["avg"]["f1_macro"] == 100.0  # averaged over the tasks that report it

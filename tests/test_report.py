@@ -31,13 +31,8 @@ def results(
     group = f"{benchmark}-tiny_t5-{method}"
 
     def scores(offset: float) -> dict:
-        per_task = {
-            t: {"exact_match": v / 2 + offset, "char_similarity": v + offset} for t, v in task_scores.items()
-        }
-        avg = {
-            m: sum(s[m] for s in per_task.values()) / len(per_task)
-            for m in ("exact_match", "char_similarity")
-        }
+        per_task = {t: {"exact_match": v / 2 + offset, "char_similarity": v + offset} for t, v in task_scores.items()}
+        avg = {m: sum(s[m] for s in per_task.values()) / len(per_task) for m in ("exact_match", "char_similarity")}
         return {"step": 300, "per_task": per_task, "avg": avg}
 
     return {
@@ -106,9 +101,7 @@ def test_summarise_groups_seeds_and_computes_mean_and_std(multirun: Path) -> Non
     assert cpoly.mean == pytest.approx(73.0)
     assert cpoly.std == pytest.approx(3.0)  # sample std of 70, 73, 76: sqrt((9 + 0 + 9) / 2)
     assert poly.mean == pytest.approx(51.0) and poly.std == pytest.approx(math.sqrt(2.0))
-    assert cpoly.task_mean("task_00") == pytest.approx(84.0) and cpoly.task_mean("task_01") == pytest.approx(
-        62.0
-    )
+    assert cpoly.task_mean("task_00") == pytest.approx(84.0) and cpoly.task_mean("task_01") == pytest.approx(62.0)
     assert cpoly.skill_recovery == [0.5, 0.5, 0.5] and poly.skill_recovery == []
 
     best = summarise(runs, which="best")[1]

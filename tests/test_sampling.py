@@ -44,18 +44,14 @@ def test_task_probabilities():
     assert task_probabilities(sizes, "uniform") == pytest.approx([1 / 3] * 3)
     weights = np.array(sizes) ** 0.5
     assert task_probabilities(sizes, "temperature", 2.0) == pytest.approx(weights / weights.sum())
-    assert task_probabilities(sizes, "temperature", 1.0) == pytest.approx(
-        task_probabilities(sizes, "proportional")
-    )
+    assert task_probabilities(sizes, "temperature", 1.0) == pytest.approx(task_probabilities(sizes, "proportional"))
     with pytest.raises(ValueError, match="strategy"):
         task_probabilities(sizes, "greedy")
     with pytest.raises(ValueError, match="temperature"):
         task_probabilities(sizes, "temperature", 0.0)
 
 
-@pytest.mark.parametrize(
-    ("strategy", "temperature"), [("proportional", 1.0), ("uniform", 1.0), ("temperature", 3.0)]
-)
+@pytest.mark.parametrize(("strategy", "temperature"), [("proportional", 1.0), ("uniform", 1.0), ("temperature", 3.0)])
 def test_sampled_task_frequencies_follow_the_strategy(strategy, temperature):
     s = sampler(strategy=strategy, temperature=temperature)
     expected = dict(zip(SIZES, task_probabilities(list(SIZES.values()), strategy, temperature), strict=True))

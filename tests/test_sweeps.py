@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 SMALL = ["debug=smoke", "benchmark.n_tasks=3", "benchmark.n_train_per_task=24", "benchmark.n_eval_per_task=4"]
 
 
-def train_py(*args: str, launcher: list[str] | None = None, cache_dir=None, timeout: int = 600) -> subprocess.CompletedProcess:
+def train_py(
+    *args: str, launcher: list[str] | None = None, cache_dir=None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     if cache_dir is not None:
         env["CPOLY_CACHE_DIR"] = str(cache_dir)
@@ -25,7 +27,9 @@ def train_py(*args: str, launcher: list[str] | None = None, cache_dir=None, time
 
 def test_multirun_gives_every_job_its_own_folder_and_the_report_reads_them(tmp_path):
     sweep = tmp_path / "sweep"
-    done = train_py("-m", "method=shared_lora,cpoly", "seed=1,2", *SMALL, f"hydra.sweep.dir={sweep}", cache_dir=tmp_path / "cache")
+    done = train_py(
+        "-m", "method=shared_lora,cpoly", "seed=1,2", *SMALL, f"hydra.sweep.dir={sweep}", cache_dir=tmp_path / "cache"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     folders = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in folders] == [
@@ -38,7 +42,10 @@ def test_multirun_gives_every_job_its_own_folder_and_the_report_reads_them(tmp_p
         results = json.loads((folder / "results.json").read_text())
         assert results["status"] == "finished" and folder.name.endswith(results["run_name"])
     report = subprocess.run(
-        [sys.executable, "-m", "cpoly.report", str(sweep), "--format", "csv"], cwd=REPO_ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "cpoly.report", str(sweep), "--format", "csv"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
     )
     assert report.returncode == 0, report.stderr
     rows = report.stdout.strip().splitlines()
@@ -48,12 +55,17 @@ def test_multirun_gives_every_job_its_own_folder_and_the_report_reads_them(tmp_p
 def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
     sweep = tmp_path / "sweep"
     # n_splits=3 cannot split tiny_t5's 128-wide layers: the middle job fails its checks
-    done = train_py("-m", "method=mhr", "method.n_splits=2,3,4", *SMALL, f"hydra.sweep.dir={sweep}", cache_dir=tmp_path / "cache")
+    done = train_py(
+        "-m", "method=mhr", "method.n_splits=2,3,4", *SMALL, f"hydra.sweep.dir={sweep}", cache_dir=tmp_path / "cache"
+    )
     assert done.returncode != 0
     assert "method.n_splits=3" in done.stderr
     finished = sorted(p.parent.name for p in sweep.glob("*/results.json"))
     assert finished == ["0-synthetic-tiny_t5-mhr-k4s2r2-s1", "2-synthetic-tiny_t5-mhr-k4s4r2-s1"]
-    assert "run synthetic-tiny_t5-mhr-k4s3r2-s1 failed" in (sweep / "1-synthetic-tiny_t5-mhr-k4s3r2-s1" / "train.log").read_text()
+    assert (
+        "run synthetic-tiny_t5-mhr-k4s3r2-s1 failed"
+        in (sweep / "1-synthetic-tiny_t5-mhr-k4s3r2-s1" / "train.log").read_text()
+    )
 
 
 def test_a_misspelled_override_fails_at_once_with_hydras_message(tmp_path):
@@ -67,17 +79,34 @@ def test_a_misspelled_override_fails_at_once_with_hydras_message(tmp_path):
 def test_two_process_data_parallel_run_matches_one_process_with_the_same_global_batch(tmp_path):
     """torchrun starts 2 gloo processes that Accelerate picks up; each trains on 4 of the 8 examples
     of every global batch. Tolerance: fp32 rounding of the all-reduce (1e-5 on adapter tensors)."""
-    common = [*SMALL, "method=task_lora", "trainer.max_steps=6", "trainer.eval_every=6", "trainer.log_every=1", "trainer.cpu=true"]
+    common = [
+        *SMALL,
+        "method=task_lora",
+        "trainer.max_steps=6",
+        "trainer.eval_every=6",
+        "trainer.log_every=1",
+        "trainer.cpu=true",
+    ]
     one = train_py(*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}", cache_dir=tmp_path / "cache")
     assert one.returncode == 0, one.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    two = train_py(*common, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}", launcher=torchrun, cache_dir=tmp_path / "cache")
+    two = train_py(
+        *common,
+        "trainer.batch_size=4",
+        f"hydra.run.dir={tmp_path / 'two'}",
+        launcher=torchrun,
+        cache_dir=tmp_path / "cache",
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two")]
     assert [r["world_size"] for r in results] == [1, 2]
     assert results[0]["final"] == results[1]["final"]
     losses = [
-        [json.loads(line)["train/loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
+        [
+            json.loads(line)["train/loss"]
+            for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+            if "train/loss" in line
+        ]
         for d in ("one", "two")
     ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -28,9 +28,7 @@ def test_atomic_skills_do_what_their_names_say():
     assert apply_skills("ab", ["double"], alphabet) == "aabb"
     assert apply_skills("dcab", ["sort"], alphabet) == "abcd"
     # Composition follows the library order whatever order the skills are listed in.
-    assert apply_skills("azb", ["upper", "shift"], alphabet) == apply_skills(
-        "azb", ["shift", "upper"], alphabet
-    )
+    assert apply_skills("azb", ["upper", "shift"], alphabet) == apply_skills("azb", ["shift", "upper"], alphabet)
     assert apply_skills("azb", ["shift", "upper"], alphabet) == "BAC"
 
 
@@ -101,9 +99,7 @@ def test_bad_config_names_the_field(change, field):
 def test_too_many_tasks_for_the_skills_is_a_clear_error():
     with pytest.raises(ValueError, match="n_tasks=20"):
         load_synthetic(
-            SyntheticConfig(
-                n_tasks=20, atomic_skills=["reverse", "upper"], max_skills_per_task=2, n_train_per_task=2
-            )
+            SyntheticConfig(n_tasks=20, atomic_skills=["reverse", "upper"], max_skills_per_task=2, n_train_per_task=2)
         )
 
 
@@ -147,9 +143,7 @@ def test_skill_recovery_random_allocation_scores_near_zero():
         for _ in range(200)
     ]
     assert abs(float(np.mean(scores))) < 0.05
-    assert (
-        float(np.mean(scores)) < skill_recovery(_indicator(data), data.task_names, data.skill_structure) - 0.7
-    )
+    assert float(np.mean(scores)) < skill_recovery(_indicator(data), data.task_names, data.skill_structure) - 0.7
 
 
 def test_skill_recovery_rejects_a_wrongly_shaped_matrix():

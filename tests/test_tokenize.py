@@ -233,9 +233,7 @@ def bert_tokenizer():
 def test_encoder_truncation_keeps_cls_and_sep_around_a_bert_prompt(bert_tokenizer, tmp_path):
     assert special_frame(bert_tokenizer).head == (bert_tokenizer.cls_token_id,)
     assert special_frame(bert_tokenizer).tail == (bert_tokenizer.sep_token_id,)
-    example = Example(
-        "rte", "question: is it raining? answer:", "no", choices=["yes", "no"], prefix="word " * 50
-    )
+    example = Example("rte", "question: is it raining? answer:", "no", choices=["yes", "no"], prefix="word " * 50)
     settings = dict(kind="encoder", task_to_id=["rte"], max_source_length=16, cache_dir=tmp_path)
     split = tok([example], bert_tokenizer, **settings)
     row = split.dataset[0]

@@ -14,9 +14,30 @@ from cpoly.run import train
 from cpoly.skills import METHODS
 
 RESULT_KEYS = {
-    "run_name", "group", "seed", "benchmark", "backbone", "method", "metric", "main_metric", "optimized_metric",
-    "final", "best", "skill_recovery", "parameters", "steps", "train_seconds", "wall_time_s", "git_sha",
-    "status", "n_train", "n_eval", "tasks", "benchmark_info", "tokenization", "paths",
+    "run_name",
+    "group",
+    "seed",
+    "benchmark",
+    "backbone",
+    "method",
+    "metric",
+    "main_metric",
+    "optimized_metric",
+    "final",
+    "best",
+    "skill_recovery",
+    "parameters",
+    "steps",
+    "train_seconds",
+    "wall_time_s",
+    "git_sha",
+    "status",
+    "n_train",
+    "n_eval",
+    "tasks",
+    "benchmark_info",
+    "tokenization",
+    "paths",
 }
 SMALL_DATA = ["benchmark.n_tasks=4", "benchmark.n_train_per_task=40", "benchmark.n_eval_per_task=6"]
 
@@ -41,7 +62,15 @@ def test_each_method_trains_and_writes_its_run_folder(method, tmp_path, cache_di
     counts = results["parameters"]
     assert counts["trainable"] == counts["shared_skills"] + counts["task_skills"] + counts["router"] + counts["heads"]
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"config_resolved.yaml", "tasks.txt", "metrics.jsonl", "predictions.jsonl", "results.json", "last", "best"} <= files
+    assert {
+        "config_resolved.yaml",
+        "tasks.txt",
+        "metrics.jsonl",
+        "predictions.jsonl",
+        "results.json",
+        "last",
+        "best",
+    } <= files
     assert ("allocation.png" in files) == (method in ("poly", "mhr", "cpoly"))
     if method not in ("poly", "mhr", "cpoly"):
         assert results["skill_recovery"] is None
@@ -49,7 +78,9 @@ def test_each_method_trains_and_writes_its_run_folder(method, tmp_path, cache_di
     prediction = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[0])
     assert set(prediction) == {"task", "id", "source", "prediction", "references"}
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == results["n_eval"] == 4 * 2
-    assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.pt"} <= {p.name for p in (tmp_path / "last").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.pt"} <= {
+        p.name for p in (tmp_path / "last").iterdir()
+    }
     logged = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in logged if "train/loss" in r] == [2, 4]
     assert any("val/avg/char_similarity" in r for r in logged)
@@ -76,7 +107,9 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, cache_dir, monkeyp
 
     assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "split" / "metrics.jsonl")) == strip(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+    assert strip(read_metrics(tmp_path / "split" / "metrics.jsonl")) == strip(
+        read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    )
     from safetensors.torch import load_file
 
     a = load_file(str(tmp_path / "whole" / "last" / "adapter_model.safetensors"))
@@ -112,7 +145,10 @@ def test_unknown_eval_tasks_need_uniform_routing(tmp_path, cache_dir, monkeypatc
 
     def with_an_unseen_task(cfg, data_dir):
         data = real(cfg, data_dir)
-        unseen = [type(ex)(task="unseen", source=ex.source, target=ex.target, id=f"u{i}") for i, ex in enumerate(data.eval[:3])]
+        unseen = [
+            type(ex)(task="unseen", source=ex.source, target=ex.target, id=f"u{i}")
+            for i, ex in enumerate(data.eval[:3])
+        ]
         return BenchmarkData(**{**data.__dict__, "eval": data.eval + unseen})
 
     monkeypatch.setattr(run_module, "load_benchmark", with_an_unseen_task)

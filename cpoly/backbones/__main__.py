@@ -32,9 +32,7 @@ def read_config(name_or_path: str) -> BackboneConfig:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("backbone", help="a conf/backbone name (e.g. gemma3_270m) or a YAML path")
     parser.add_argument("--cache-dir", default=".cache", help="where converted checkpoints live")
     parser.add_argument("--prompt", default=None, help="print a greedy continuation of this prompt")

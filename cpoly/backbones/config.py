@@ -111,9 +111,7 @@ class BackboneConfig:
             from cpoly.backbones.packages import PACKAGES  # late: keeps the schema import light
 
             if self.model_id not in PACKAGES:
-                self._fail(
-                    "model_id", self.model_id, f"unknown weights package; known: {', '.join(PACKAGES)}"
-                )
+                self._fail("model_id", self.model_id, f"unknown weights package; known: {', '.join(PACKAGES)}")
 
     def _check_target_modules(self) -> None:
         value = self.target_modules
@@ -126,9 +124,7 @@ class BackboneConfig:
             or not value
             or not all(isinstance(name, str) and name for name in value)
         ):
-            self._fail(
-                "target_modules", value, "must be a non-empty list of module-name suffixes or one regex"
-            )
+            self._fail("target_modules", value, "must be a non-empty list of module-name suffixes or one regex")
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -144,9 +140,7 @@ class BackboneConfig:
         except ImportError:  # omegaconf is a dependency; this only keeps the module importable alone
             pass
         if not isinstance(cfg, Mapping):
-            raise BackboneConfigError(
-                f"backbone: expected a BackboneConfig or a mapping, got {type(cfg).__name__}"
-            )
+            raise BackboneConfigError(f"backbone: expected a BackboneConfig or a mapping, got {type(cfg).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:

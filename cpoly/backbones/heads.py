@@ -44,9 +44,7 @@ class TaskHeadClassifier(nn.Module):
             raise ValueError("TaskHeadClassifier.task_labels={}: at least one task is needed")
         for task, labels in task_labels.items():
             if len(labels) < 2:
-                raise ValueError(
-                    f"TaskHeadClassifier.task_labels[{task!r}]={list(labels)!r}: needs >= 2 labels"
-                )
+                raise ValueError(f"TaskHeadClassifier.task_labels[{task!r}]={list(labels)!r}: needs >= 2 labels")
         self.encoder = encoder
         self.config = encoder.config  # what trainers and adapter libraries look for on a model
         self.pooling = pooling
@@ -99,9 +97,7 @@ class TaskHeadClassifier(nn.Module):
         logits = pooled.new_full((pooled.shape[0], self.max_labels), MASKED_LOGIT)
         for task_id in task_ids.unique().tolist():
             if not 0 <= task_id < len(self.task_heads):
-                raise IndexError(
-                    f"TaskHeadClassifier: task id {task_id} out of range [0, {len(self.task_heads)})"
-                )
+                raise IndexError(f"TaskHeadClassifier: task id {task_id} out of range [0, {len(self.task_heads)})")
             rows = task_ids == task_id
             head = self.task_heads[task_id]
             logits[rows, : head.out_features] = head(pooled[rows])

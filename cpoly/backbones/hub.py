@@ -24,9 +24,7 @@ class BackboneUnavailableError(RuntimeError):
 
 
 def offline_by_env() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def hub_endpoint() -> str:

@@ -81,9 +81,7 @@ def load_backbone(
     return Backbone(model=model, tokenizer=tokenizer, kind=cfg.kind, config=cfg)
 
 
-def _load_weights_and_tokenizer(
-    cfg: BackboneConfig, cache_dir: Path, dtype: torch.dtype
-) -> tuple[nn.Module, Any]:
+def _load_weights_and_tokenizer(cfg: BackboneConfig, cache_dir: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     auto_class = auto_model_class(cfg.kind)
     # Where the weights (or the starting config of a random model) come from, and whether to stay
     # off the network for them.
@@ -107,9 +105,7 @@ def _load_weights_and_tokenizer(
         )
 
     if cfg.source == "random":
-        config = _hub_call(
-            cfg, location, random_model_config, cfg, tokenizer, location, local_files_only=local_only
-        )
+        config = _hub_call(cfg, location, random_model_config, cfg, tokenizer, location, local_files_only=local_only)
         return random_model(auto_class, config, cfg.init_seed).to(dtype), tokenizer
     extra = {} if cfg.attn_implementation is None else {"attn_implementation": cfg.attn_implementation}
     # Loaded straight in `dtype` (no float32 copy of a large model first); transformers keeps the

@@ -24,9 +24,7 @@ def random_model_config(
 
     overrides = dict(cfg.model_overrides)
     if config_source is not None:
-        config = AutoConfig.from_pretrained(
-            config_source, revision=cfg.revision, local_files_only=local_files_only
-        )
+        config = AutoConfig.from_pretrained(config_source, revision=cfg.revision, local_files_only=local_files_only)
         for key, value in overrides.items():
             setattr(config, key, value)
     else:

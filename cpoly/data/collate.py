@@ -60,23 +60,17 @@ class Collator:
     def padding_side(self) -> str:
         return "left" if self.kind == "causal" and self.for_generation else "right"
 
-    def __call__(
-        self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]
-    ) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]) -> dict[str, torch.Tensor]:
         """Collate a list of rows, or the column dict `dataset[indices]` returns (one fast slice)."""
         if isinstance(rows, Mapping):
-            rows = [
-                dict(zip(rows.keys(), values, strict=True)) for values in zip(*rows.values(), strict=True)
-            ]
+            rows = [dict(zip(rows.keys(), values, strict=True)) for values in zip(*rows.values(), strict=True)]
         if not rows:
             raise ValueError("cannot collate an empty list of rows")
         side = self.padding_side
         input_ids = [row["input_ids"] for row in rows]
         batch = {
             "input_ids": pad_sequences(input_ids, self.pad_token_id, side, self.pad_to_multiple_of),
-            "attention_mask": pad_sequences(
-                [[1] * len(ids) for ids in input_ids], 0, side, self.pad_to_multiple_of
-            ),
+            "attention_mask": pad_sequences([[1] * len(ids) for ids in input_ids], 0, side, self.pad_to_multiple_of),
         }
         if "labels" in rows[0]:
             labels = [row["labels"] for row in rows]

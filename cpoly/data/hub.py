@@ -15,9 +15,7 @@ _TRUE = {"1", "true", "yes", "on"}
 
 def hub_is_offline() -> bool:
     """True when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE asks for offline mode."""
-    return any(
-        os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def require_online(benchmark: str, looked_for: str, dataset_id: str) -> None:

@@ -41,9 +41,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(
-                    f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})"
-                ) from None
+                raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
             yield line_no, obj
@@ -75,9 +73,7 @@ def read_name_list(path: str | Path, allow_empty: bool = False) -> list[str]:
             if not name:
                 continue
             if name in first_line:
-                raise DataError(
-                    f"{path}:{line_no}: task {name!r} is listed twice (first on line {first_line[name]})"
-                )
+                raise DataError(f"{path}:{line_no}: task {name!r} is listed twice (first on line {first_line[name]})")
             first_line[name] = line_no
             names.append(name)
     if not names and not allow_empty:

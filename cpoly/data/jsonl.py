@@ -70,9 +70,7 @@ def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
     if cfg.tasks is not None:
         missing = [t for t in cfg.tasks if t not in train_tasks]
         if missing:
-            raise DataError(
-                f"benchmark.tasks: {missing} have no training lines (tasks present: {train_tasks})"
-            )
+            raise DataError(f"benchmark.tasks: {missing} have no training lines (tasks present: {train_tasks})")
         task_names = list(cfg.tasks)
         train = [ex for ex in train if ex.task in task_names]
         evaluation = [ex for ex in evaluation if ex.task in task_names]
@@ -104,15 +102,11 @@ def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
 
 def _resolve(name: str | None, data_dir: Path | None, field_name: str) -> Path:
     path = Path(str(name)).expanduser()
-    candidates = (
-        [path] if path.is_absolute() else [*([data_dir / path] if data_dir else []), Path.cwd() / path]
-    )
+    candidates = [path] if path.is_absolute() else [*([data_dir / path] if data_dir else []), Path.cwd() / path]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise DataError(
-        f"benchmark.{field_name}={name!r}: file not found (looked at {', '.join(map(str, candidates))})"
-    )
+    raise DataError(f"benchmark.{field_name}={name!r}: file not found (looked at {', '.join(map(str, candidates))})")
 
 
 def _read_examples(path: Path, ids: dict[str, str]) -> list[Example]:
@@ -191,6 +185,4 @@ def _check_config(cfg: JsonlConfig) -> None:
     if not 0.0 < cfg.eval_fraction < 1.0:
         raise DataError(f"benchmark.eval_fraction={cfg.eval_fraction!r}: must be in (0, 1)")
     if cfg.metric != "auto" and cfg.metric not in DEFAULT_MAIN_METRIC:
-        raise DataError(
-            f"benchmark.metric={cfg.metric!r}: expected 'auto' or one of {sorted(DEFAULT_MAIN_METRIC)}"
-        )
+        raise DataError(f"benchmark.metric={cfg.metric!r}: expected 'auto' or one of {sorted(DEFAULT_MAIN_METRIC)}")

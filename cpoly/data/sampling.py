@@ -87,9 +87,7 @@ class MultiTaskBatchSampler:
         if self.mega_batch_factor < 1:
             raise ValueError(f"mega_batch_factor must be >= 1, got {self.mega_batch_factor}")
         if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
-            raise ValueError(
-                f"need 0 <= rank < num_replicas, got rank={self.rank}, num_replicas={self.num_replicas}"
-            )
+            raise ValueError(f"need 0 <= rank < num_replicas, got rank={self.rank}, num_replicas={self.num_replicas}")
         if self.batch_size % self.num_replicas:
             raise ValueError(
                 f"global batch_size={self.batch_size} must be divisible by num_replicas={self.num_replicas}"
@@ -110,9 +108,7 @@ class MultiTaskBatchSampler:
         order = np.argsort(codes, kind="stable")
         self._members = np.split(order, np.cumsum(np.bincount(codes, minlength=len(keys)))[:-1])
         self.task_keys = keys
-        self._probabilities = task_probabilities(
-            [len(m) for m in self._members], self.strategy, self.temperature
-        )
+        self._probabilities = task_probabilities([len(m) for m in self._members], self.strategy, self.temperature)
 
     @property
     def probabilities(self) -> dict[Any, float]:
@@ -172,9 +168,7 @@ class MultiTaskBatchSampler:
             yield batch[self.rank :: self.num_replicas]
 
 
-def eval_batches(
-    lengths: Sequence[int], batch_size: int, *, num_replicas: int = 1, rank: int = 0
-) -> list[list[int]]:
+def eval_batches(lengths: Sequence[int], batch_size: int, *, num_replicas: int = 1, rank: int = 0) -> list[list[int]]:
     """Fixed eval batches, longest first (an out-of-memory shows at once); this rank's share.
 
     Rank r takes examples r, r+R, ... of the length order, so ranks get similar work; predictions

@@ -58,9 +58,7 @@ def load_superglue(cfg: SuperGLUEConfig, data_dir: Path | str | None) -> Benchma
     _check_config(cfg)
     root = _local_root(resolve_data_dir(data_dir))
     if root is None:
-        looked = (
-            "no data_dir given" if data_dir is None else f"looked for {Path(data_dir) / 'superglue'}/<Task>/"
-        )
+        looked = "no data_dir given" if data_dir is None else f"looked for {Path(data_dir) / 'superglue'}/<Task>/"
         require_online("SuperGLUE", looked, cfg.hub_dataset)
     explicit = cfg.tasks is not None
     names = list(cfg.tasks) if explicit else [*CORE_TASKS, *OPTIONAL_TASKS]
@@ -73,9 +71,7 @@ def load_superglue(cfg: SuperGLUEConfig, data_dir: Path | str | None) -> Benchma
         if units is None:
             continue
         train_units, eval_units = units
-        train_units = sample_in_order(
-            train_units, cfg.n_train_per_task, seeded_rng(cfg.data_seed, name, "train")
-        )
+        train_units = sample_in_order(train_units, cfg.n_train_per_task, seeded_rng(cfg.data_seed, name, "train"))
         eval_units = sample_in_order(eval_units, cfg.n_eval_per_task, seeded_rng(cfg.data_seed, name, "eval"))
         task_train = [ex for unit in train_units for ex in unit]
         task_eval = [ex for unit in eval_units for ex in unit]
@@ -115,9 +111,7 @@ def _task_units(
         return _hub_units(task, cfg.hub_dataset)
     files = _local_files(root, task, explicit, cfg)
     if files is None:
-        info["skipped"][task.name] = (
-            f"{root / task.folder}/train.jsonl[.gz] and val.jsonl[.gz] are not both there"
-        )
+        info["skipped"][task.name] = f"{root / task.folder}/train.jsonl[.gz] and val.jsonl[.gz] are not both there"
         return None
     train_path, val_path = files
     eval_units = _file_units(task, val_path, "val")
@@ -175,9 +169,7 @@ def _built_units(key: tuple[str, int, int], task: str, split: str) -> tuple[Unit
     # Built once per process and file version (MultiRC alone is 27k Examples); Examples are immutable.
     path = Path(key[0])
     return tuple(
-        unit
-        for line_no, record in read_jsonl(path)
-        for unit in TASKS[task].build(record, split, f"{path}:{line_no}")
+        unit for line_no, record in read_jsonl(path) for unit in TASKS[task].build(record, split, f"{path}:{line_no}")
     )
 
 
@@ -186,15 +178,11 @@ def _hub_units(task: SuperGLUETask, dataset_id: str) -> tuple[list[Unit], list[U
     for split, tag in (("train", "train"), ("validation", "val")):
         records = records_from_hub_rows(task.name, load_hub_rows(dataset_id, split, task.hub_config))
         where = f"{dataset_id}[{task.hub_config}/{split}]"
-        units[tag] = [
-            unit for i, record in enumerate(records) for unit in task.build(record, tag, f"{where} row {i}")
-        ]
+        units[tag] = [unit for i, record in enumerate(records) for unit in task.build(record, tag, f"{where} row {i}")]
     return units["train"], units["val"]
 
 
-def _split_validation(
-    task: SuperGLUETask, units: list[Unit], cfg: SuperGLUEConfig
-) -> tuple[list[Unit], list[Unit]]:
+def _split_validation(task: SuperGLUETask, units: list[Unit], cfg: SuperGLUEConfig) -> tuple[list[Unit], list[Unit]]:
     order = list(range(len(units)))
     seeded_rng(cfg.data_seed, task.name, "train_from_validation").shuffle(order)
     n_train = round(cfg.validation_train_fraction * len(units))
@@ -218,6 +206,4 @@ def _check_config(cfg: SuperGLUEConfig) -> None:
         if value is not None and value < 1:
             raise DataError(f"benchmark.{field_name}={value!r}: must be >= 1 or null (all)")
     if not 0.0 < cfg.validation_train_fraction < 1.0:
-        raise DataError(
-            f"benchmark.validation_train_fraction={cfg.validation_train_fraction!r}: must be in (0, 1)"
-        )
+        raise DataError(f"benchmark.validation_train_fraction={cfg.validation_train_fraction!r}: must be in (0, 1)")

@@ -58,9 +58,7 @@ def _options(words: Iterable[str]) -> str:
 
 
 def _one(task: str, split: str, idx: Any, source: str, words: tuple[str, ...], label: int) -> list[Unit]:
-    example = Example(
-        task=task, source=source, target=words[label], choices=list(words), id=f"{task}-{split}-{idx}"
-    )
+    example = Example(task=task, source=source, target=words[label], choices=list(words), id=f"{task}-{split}-{idx}")
     return [[example]]
 
 
@@ -94,9 +92,7 @@ COPA_WORDS = ("choice1", "choice2")
 def _boolq(record: dict[str, Any], split: str, where: str) -> list[Unit]:
     question = require(record, "question", str, where).strip()
     question = question if question.endswith("?") else question + "?"
-    source = f"Passage: {require(record, 'passage', str, where).strip()}\nQuestion: {question}\n" + _options(
-        BINARY
-    )
+    source = f"Passage: {require(record, 'passage', str, where).strip()}\nQuestion: {question}\n" + _options(BINARY)
     return _one("boolq", split, record.get("idx"), source, BINARY, _bool_label(record, where))
 
 
@@ -286,9 +282,7 @@ def _multirc_passages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if key not in questions:
             questions[key] = {"question": row["question"], "idx": idx["question"], "answers": []}
             passage["passage"]["questions"].append(questions[key])
-        questions[key]["answers"].append(
-            {"text": row["answer"], "idx": idx["answer"], "label": int(row["label"])}
-        )
+        questions[key]["answers"].append({"text": row["answer"], "idx": idx["answer"], "label": int(row["label"])})
     return list(passages.values())
 
 

@@ -137,9 +137,7 @@ def _cpoly_protocol(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConf
         picks = seeded_rng(cfg.data_seed, name).sample(range(len(instances)), need)
         prefix = _prefix(store.get(name), cfg)
         train += [_example(name, prefix, instances[i], cfg) for i in sorted(picks[: cfg.n_train_per_task])]
-        evaluation += [
-            _example(name, prefix, instances[i], cfg) for i in sorted(picks[cfg.n_train_per_task :])
-        ]
+        evaluation += [_example(name, prefix, instances[i], cfg) for i in sorted(picks[cfg.n_train_per_task :])]
     return train, evaluation, task_names, info
 
 
@@ -148,9 +146,7 @@ def _cross_task_protocol(store: TaskStore, usable: _UsableInstances, cfg: SuperN
         task_names, _ = _listed_tasks(store, usable, cfg, need=1)
     else:
         task_names = sorted(_drawn_tasks(store, usable, cfg, need=1, n_tasks=cfg.n_tasks))
-    test_tasks = [
-        n for n in store.split_lists.get("test", []) if n in store.available and _language_ok(store, n, cfg)
-    ]
+    test_tasks = [n for n in store.split_lists.get("test", []) if n in store.available and _language_ok(store, n, cfg)]
     test_tasks = [n for n in test_tasks if n not in task_names and usable.get(n)]
     if not test_tasks:
         raise DataError(f"cross_task protocol: no default test task has data in {store.location}")
@@ -177,9 +173,7 @@ def _cross_task_protocol(store: TaskStore, usable: _UsableInstances, cfg: SuperN
     return train, evaluation, task_names, info
 
 
-def _drawn_tasks(
-    store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig, need: int, n_tasks: int | None
-):
+def _drawn_tasks(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig, need: int, n_tasks: int | None):
     pool = sorted({name for split in cfg.task_pool for name in store.split_lists.get(split, [])})
     seeded_rng(cfg.data_seed, "tasks").shuffle(pool)
     chosen = []
@@ -202,9 +196,7 @@ def _listed_tasks(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig
     names = read_name_list(path)
     missing = [n for n in names if n not in store.available]
     if missing:
-        raise DataError(
-            f"task list {path}: {len(missing)} task(s) not found in {store.location}: {_names(missing)}"
-        )
+        raise DataError(f"task list {path}: {len(missing)} task(s) not found in {store.location}: {_names(missing)}")
     foreign = [n for n in names if not _language_ok(store, n, cfg)]
     if foreign:
         raise DataError(f"task list {path}: not English (english_only=true): {_names(foreign)}")

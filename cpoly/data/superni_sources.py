@@ -90,9 +90,7 @@ def _shared_store(base: Path) -> TaskStore:
     for path in _shared_files(base):
         for task, split in _parse_shared_file(path):
             if task.name in tasks:
-                raise DataError(
-                    f"{task.origin}: task {task.name!r} also appears in {tasks[task.name].origin}"
-                )
+                raise DataError(f"{task.origin}: task {task.name!r} also appears in {tasks[task.name].origin}")
             tasks[task.name] = task
             default_split[task.name] = split
     split_dir = base / "splits" / "default"
@@ -243,11 +241,7 @@ def _instances(value: list, task: str, where: str) -> tuple[NIInstance, ...]:
         outputs = instance.get("output") if isinstance(instance, dict) else None
         if isinstance(outputs, str):
             outputs = [outputs]
-        if (
-            not isinstance(text, str)
-            or not isinstance(outputs, list)
-            or not all(isinstance(o, str) for o in outputs)
-        ):
+        if not isinstance(text, str) or not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise DataError(
                 f"{where}: instance {i} of task {task!r} needs a text 'input' and a list of text 'output', "
                 f"got {short_repr(instance)}"

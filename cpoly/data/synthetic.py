@@ -137,8 +137,7 @@ class SyntheticConfig:
         need(self.n_eval_per_task >= 0, f"n_eval_per_task must be >= 0, got {self.n_eval_per_task}")
         need(
             1 <= self.min_length <= self.max_length,
-            f"need 1 <= min_length <= max_length, got min_length={self.min_length}, "
-            f"max_length={self.max_length}",
+            f"need 1 <= min_length <= max_length, got min_length={self.min_length}, max_length={self.max_length}",
         )
         need(
             len(self.alphabet) >= 2 and len(set(self.alphabet)) == len(self.alphabet),
@@ -177,9 +176,7 @@ class SyntheticConfig:
                 f"benchmark (synthetic): source_template {self.source_template!r} may only use "
                 f"{{input}} and {{task}} ({err})"
             ) from None
-        need(
-            self.min_tasks_per_skill >= 0, f"min_tasks_per_skill must be >= 0, got {self.min_tasks_per_skill}"
-        )
+        need(self.min_tasks_per_skill >= 0, f"min_tasks_per_skill must be >= 0, got {self.min_tasks_per_skill}")
 
 
 def _as_config(cfg: SyntheticConfig | Mapping[str, Any]) -> SyntheticConfig:
@@ -325,8 +322,7 @@ def skill_recovery(
     matrix = np.asarray(allocation, dtype=float)
     if matrix.ndim != 2 or matrix.shape[0] != len(task_names):
         raise ValueError(
-            f"allocation must be (n_tasks x n_skills) with n_tasks={len(task_names)}, "
-            f"got shape {matrix.shape}"
+            f"allocation must be (n_tasks x n_skills) with n_tasks={len(task_names)}, got shape {matrix.shape}"
         )
     if len(task_names) < 3:
         raise ValueError(f"skill_recovery needs >= 3 tasks to correlate pairs, got {len(task_names)}")
@@ -342,10 +338,7 @@ def skill_recovery(
     sets = [set(skill_structure[t]) for t in task_names]
     upper_i, upper_j = np.triu_indices(len(task_names), k=1)
     true = np.array(
-        [
-            len(sets[i] & sets[j]) / max(len(sets[i] | sets[j]), 1)
-            for i, j in zip(upper_i, upper_j, strict=True)
-        ]
+        [len(sets[i] & sets[j]) / max(len(sets[i] | sets[j]), 1) for i, j in zip(upper_i, upper_j, strict=True)]
     )
     learned_pairs = learned[upper_i, upper_j]
     if method == "spearman":

@@ -228,9 +228,7 @@ def _build_rows(
     prefix_ids = dict(zip(distinct_prefixes, _encode(tokenizer, distinct_prefixes), strict=True))
     source_ids = _encode(tokenizer, [ex.source for ex in examples])
     with_labels = kind == "encoder" or not for_generation
-    target_ids = (
-        _encode(tokenizer, [ex.train_target for ex in examples]) if kind != "encoder" and with_labels else []
-    )
+    target_ids = _encode(tokenizer, [ex.train_target for ex in examples]) if kind != "encoder" and with_labels else []
 
     stats = TruncationStats(n_examples=len(examples))
     input_ids: list[list[int]] = []
@@ -272,9 +270,7 @@ def _list_array(rows: list[list[int]]) -> pa.Array:
     """A list<int32> Arrow column from ragged Python lists, without per-row Arrow conversions."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    values = pa.array(
-        np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1]))
-    )
+    values = pa.array(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1])))
     if offsets[-1] < 2**31 - 1:
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
     return pa.LargeListArray.from_arrays(pa.array(offsets), values)  # over 2**31 tokens in one column
@@ -323,8 +319,7 @@ def tokenize_examples(
         unlabeled = next((ex for ex in examples if ex.choices is None), None)
         if unlabeled is not None:
             raise ValueError(
-                f"encoder backbones classify: example {unlabeled.id!r} of task {unlabeled.task!r} "
-                "has no choices"
+                f"encoder backbones classify: example {unlabeled.id!r} of task {unlabeled.task!r} has no choices"
             )
     settings = dict(
         kind=kind,
@@ -354,9 +349,7 @@ def tokenize_examples(
 
     _write_atomically(dataset, stats, entry)
     # Serve the memory-mapped copy, as a cache hit would, so both paths behave the same.
-    return TokenizedSplit(
-        dataset=datasets.load_from_disk(str(entry / "dataset")), stats=stats, cache_path=entry
-    )
+    return TokenizedSplit(dataset=datasets.load_from_disk(str(entry / "dataset")), stats=stats, cache_path=entry)
 
 
 def _write_atomically(dataset: datasets.Dataset, stats: TruncationStats, entry: Path) -> None:

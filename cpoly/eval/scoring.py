@@ -33,9 +33,7 @@ def metric_path(name: str) -> Path:
         return path / f"{path.name}.py"
     if path.is_file() and path.suffix == ".py":
         return path
-    raise ValueError(
-        f"unknown metric {name!r}: expected one of {available_metrics()} or a path to an evaluate module"
-    )
+    raise ValueError(f"unknown metric {name!r}: expected one of {available_metrics()} or a path to an evaluate module")
 
 
 @functools.cache

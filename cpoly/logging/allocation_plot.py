@@ -42,9 +42,7 @@ def allocation_entropy(allocation: Allocation) -> float:
     return float(entropy.mean())
 
 
-def plot_allocation(
-    allocation: Allocation, path: str | Path, title: str = "Task-to-skill allocation"
-) -> Path:
+def plot_allocation(allocation: Allocation, path: str | Path, title: str = "Task-to-skill allocation") -> Path:
     """Write a PNG heatmap of the layer-averaged allocation (and of W_B when present) to `path`."""
     shared = allocation.mean.float()
     n_tasks, n_splits, n_skills = shared.shape
@@ -102,9 +100,7 @@ def _label_shared_columns(ax, n_splits: int, n_skills: int) -> None:
             ax.axvline(q * n_skills - 0.5, color="white", linewidth=2)
         top = ax.secondary_xaxis("top")
         centres = [q * n_skills + (n_skills - 1) / 2 for q in range(n_splits)]
-        top.set_xticks(
-            centres, [f"split {q}" for q in range(n_splits)], fontsize=label_fontsize(n_splits * 3)
-        )
+        top.set_xticks(centres, [f"split {q}" for q in range(n_splits)], fontsize=label_fontsize(n_splits * 3))
         ax.set_title("shared-skill allocation", pad=18)
 
 

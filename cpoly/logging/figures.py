@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from cpoly.atomic import atomic_write_bytes
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -23,18 +22,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -157,9 +157,7 @@ class WandbLogger:
         run.define_metric("val/avg/*", step_metric=STEP_METRIC, summary="max")
 
     def _fail(self, what: str, error: BaseException) -> None:
-        log.warning(
-            "W&B %s (%s: %s); W&B logging is off for the rest of this run", what, type(error).__name__, error
-        )
+        log.warning("W&B %s (%s: %s); W&B logging is off for the rest of this run", what, type(error).__name__, error)
         run, self._run = self._run, None
         if run is not None:
             try:
@@ -182,9 +180,7 @@ class WandbLogger:
         )
         with tempfile.TemporaryDirectory() as tmp:
             if image_path is None:
-                image_path = plot_allocation(
-                    allocation, Path(tmp) / "allocation.png", f"{self.run_name} step {step}"
-                )
+                image_path = plot_allocation(allocation, Path(tmp) / "allocation.png", f"{self.run_name} step {step}")
             image = wandb.Image(str(image_path), caption=f"step {step}")
             self._run.log({"alloc/heatmap": image, "alloc/matrix": table, STEP_METRIC: int(step)})
 

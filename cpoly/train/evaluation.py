@@ -27,7 +27,9 @@ class Evaluation:
     predictions: list[str]  # aligned with the eval examples
 
 
-def _generate(model, batch: dict[str, torch.Tensor], kind: str, tokenizer, num_beams: int, max_new_tokens: int) -> list[str]:
+def _generate(
+    model, batch: dict[str, torch.Tensor], kind: str, tokenizer, num_beams: int, max_new_tokens: int
+) -> list[str]:
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     out = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False)
     if kind == "causal":  # left-padded prompts all end at the same column: keep what follows
@@ -36,7 +38,9 @@ def _generate(model, batch: dict[str, torch.Tensor], kind: str, tokenizer, num_b
 
 
 def _classify(model, batch: dict[str, torch.Tensor], examples: Sequence[Example]) -> list[str]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]
+    ).logits
     labels = logits.argmax(-1).tolist()
     return [examples[i].choices[label] for i, label in zip(batch["index"].tolist(), labels, strict=True)]
 
@@ -58,7 +62,9 @@ def predict(
     model.eval()
     collate = make_collator(tokenizer, kind, for_generation=kind != "encoder")
     mine: list[tuple[int, str]] = []
-    batches = eval_batches(dataset["length"], batch_size, num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    batches = eval_batches(
+        dataset["length"], batch_size, num_replicas=accelerator.num_processes, rank=accelerator.process_index
+    )
     for indices in batches:
         batch = {k: v.to(accelerator.device) for k, v in collate(dataset[indices]).items()}
         with use_tasks(model, batch["task_ids"]), accelerator.autocast():
@@ -77,6 +83,8 @@ def predict(
     return predictions  # type: ignore[return-value]
 
 
-def evaluate(model, accelerator: Accelerator, *, metric: str, examples: Sequence[Example], **predict_kwargs: Any) -> Evaluation:
+def evaluate(
+    model, accelerator: Accelerator, *, metric: str, examples: Sequence[Example], **predict_kwargs: Any
+) -> Evaluation:
     predictions = predict(model, accelerator, examples=examples, **predict_kwargs)
     return Evaluation(scores=score_by_task(metric, examples, predictions), predictions=predictions)

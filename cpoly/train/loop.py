@@ -149,7 +149,10 @@ class TrainLoop:
         t, acc = self.trainer, self.accelerator
         batches = self._micro_batches()
         bar = tqdm(
-            total=t.max_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
+            total=t.max_steps,
+            initial=self.state.step,
+            desc="train",
+            dynamic_ncols=True,
             disable=not (t.progress_bar and acc.is_main_process),
         )
         window_loss, window_n = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
@@ -211,4 +214,3 @@ class TrainLoop:
         self.on_eval(evaluation, step, is_best)
         self._checkpoint(self.output_dir / "last", with_state=True)
         self.accelerator.wait_for_everyone()
-

@@ -13,7 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 
 
-def compose_train(overrides: list[str] = (), output_dir: Path | None = None, cache_dir: Path | None = None) -> DictConfig:
+def compose_train(
+    overrides: list[str] = (), output_dir: Path | None = None, cache_dir: Path | None = None
+) -> DictConfig:
     """`conf/train.yaml` with `overrides`; outputs under `output_dir` (no Hydra runtime needed)."""
     register_configs()
     extra = []

@@ -21,8 +21,16 @@ TASKS = ["task_a", "task_b", "task_c"]
 def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=384, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        vocab_size=384,
+        d_model=32,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        d_kv=8,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     return T5ForConditionalGeneration(config).eval()
 
@@ -30,8 +38,16 @@ def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+        vocab_size=384,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -39,7 +55,11 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 def tiny_bert(seed: int = 0) -> BertModel:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=384,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
         max_position_embeddings=128,
     )
     return BertModel(config).eval()

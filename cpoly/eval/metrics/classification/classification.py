@@ -57,9 +57,7 @@ class Classification(evaluate.Metric):
 
     def _compute(self, predictions, references, choices=None):
         if len(predictions) != len(references) or not predictions:
-            raise ValueError(
-                f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)"
-            )
+            raise ValueError(f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)")
         preds = [_label(p) for p in predictions]
         golds = [_label(refs[0]) for refs in references]
         labels = [_label(c) for c in choices] if choices else sorted(set(golds) | set(preds))

@@ -35,9 +35,7 @@ _CITATION = """\
 }
 """
 
-_DESCRIPTION = (
-    "SuperGLUE per-task metrics on label words: accuracy, CB macro-F1, MultiRC F1a/EM, ReCoRD F1/EM."
-)
+_DESCRIPTION = "SuperGLUE per-task metrics on label words: accuracy, CB macro-F1, MultiRC F1a/EM, ReCoRD F1/EM."
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -108,9 +106,7 @@ class Superglue(evaluate.Metric):
 
     def _compute(self, predictions, references, task="", choices=None, groups=None):
         if len(predictions) != len(references) or not predictions:
-            raise ValueError(
-                f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)"
-            )
+            raise ValueError(f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)")
         if task == "record":
             return self._record(predictions, references)
         preds = [_label(p) for p in predictions]

@@ -26,9 +26,7 @@ _CITATION = """\
 }
 """
 
-_DESCRIPTION = (
-    "ROUGE-L (stemmed, F-measure) and exact match, max over references, as SuperNI's official evaluation."
-)
+_DESCRIPTION = "ROUGE-L (stemmed, F-measure) and exact match, max over references, as SuperNI's official evaluation."
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -65,9 +63,7 @@ class Superni(evaluate.Metric):
                     "references": datasets.Sequence(datasets.Value("string")),
                 }
             ),
-            reference_urls=[
-                "https://github.com/allenai/natural-instructions/blob/master/eval/automatic/evaluation.py"
-            ],
+            reference_urls=["https://github.com/allenai/natural-instructions/blob/master/eval/automatic/evaluation.py"],
         )
 
     def _download_and_prepare(self, dl_manager):
@@ -82,9 +78,7 @@ class Superni(evaluate.Metric):
         for i, (prediction, refs) in enumerate(zip(predictions, references, strict=True)):
             refs = [r for r in refs if r.strip()]
             if not refs:
-                raise ValueError(
-                    f"example {i} has no non-empty reference (an empty target would score zero silently)"
-                )
+                raise ValueError(f"example {i} has no non-empty reference (an empty target would score zero silently)")
             rouge_total += max(self.scorer.score(ref, prediction)["rougeL"].fmeasure for ref in refs)
             normalized = normalize_answer(prediction)
             em_total += float(any(normalized == normalize_answer(ref) for ref in refs))

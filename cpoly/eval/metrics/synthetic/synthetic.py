@@ -12,9 +12,7 @@ Self-contained so that `evaluate.load(<path to this file>)` works offline and ou
 import datasets
 import evaluate
 
-_DESCRIPTION = (
-    "Exact match and 1 - normalised Levenshtein distance (character similarity), max over references."
-)
+_DESCRIPTION = "Exact match and 1 - normalised Levenshtein distance (character similarity), max over references."
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -63,9 +61,7 @@ class Synthetic(evaluate.Metric):
 
     def _compute(self, predictions, references):
         if len(predictions) != len(references) or not predictions:
-            raise ValueError(
-                f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)"
-            )
+            raise ValueError(f"{len(predictions)} predictions for {len(references)} references (need > 0, equal)")
         exact = similarity = 0.0
         for i, (prediction, refs) in enumerate(zip(predictions, references, strict=True)):
             if not refs:

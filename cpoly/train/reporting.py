@@ -1,0 +1,158 @@
+"""What a run writes while and after it trains: metrics.jsonl, W&B, predictions.jsonl, the allocation
+heatmap, results.json and the closing summary on the console. Only the main process writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cpoly.atomic import atomic_write_text
+from cpoly.data.example import BenchmarkData, Example
+from cpoly.data.synthetic import skill_recovery
+from cpoly.logging import MetricsLog, WandbLogger, allocation_entropy, plot_allocation, write_results
+from cpoly.skills import allocation_matrix
+from cpoly.train.evaluation import Evaluation
+from cpoly.train.loop import LoopState
+
+log = logging.getLogger(__name__)
+
+
+def git_sha(root: Path) -> str | None:
+    try:
+        run = lambda *args: subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=10, check=True)  # noqa: E731
+        sha = run("git", "rev-parse", "HEAD").stdout.strip()
+        dirty = run("git", "status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def split_average(scores: dict[str, dict[str, float]] | None) -> dict[str, Any]:
+    if not scores:
+        return {"per_task": {}, "avg": {}}
+    return {"per_task": {k: v for k, v in scores.items() if k != "avg"}, "avg": scores["avg"]}
+
+
+@dataclass
+class RunReporter:
+    out: Path
+    is_main: bool
+    model: torch.nn.Module
+    data: BenchmarkData
+    eval_examples: list[Example]
+    wandb: WandbLogger
+    optimized_metric: str  # e.g. "val/avg/rougeL"
+    run_name: str
+    metrics_log: MetricsLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics_log = MetricsLog(self.out / "metrics.jsonl")
+        self.has_allocation = self.model.cpoly_skills.config.has_learned_allocation
+
+    def on_log(self, metrics: dict[str, float], step: int) -> None:
+        if self.has_allocation:
+            metrics["alloc/entropy"] = allocation_entropy(allocation_matrix(self.model))
+        if self.is_main:
+            self.metrics_log.log(metrics, step)
+            self.wandb.log(metrics, step)
+
+    def on_eval(self, evaluation: Evaluation, step: int, is_best: bool) -> None:
+        if not self.is_main:
+            return
+        metrics = {f"val/{task}/{k}": v for task, scores in evaluation.scores.items() for k, v in scores.items()}
+        metrics["train/step"] = step
+        self.metrics_log.log(metrics, step)
+        self.wandb.log(metrics, step)
+        self._write_predictions(evaluation.predictions)
+        if self.has_allocation:
+            allocation = allocation_matrix(self.model)
+            png = plot_allocation(allocation, self.out / "allocation.png", title=f"{self.run_name} step {step}")
+            self.wandb.log_allocation(allocation, step, png)
+        value = evaluation.scores["avg"][self.optimized_metric.removeprefix("val/avg/")]
+        log.info("step %d: %s = %.4f%s", step, self.optimized_metric, value, " (best)" if is_best else "")
+
+    def _write_predictions(self, predictions: list[str]) -> None:
+        lines = (
+            json.dumps(
+                {"task": ex.task, "id": ex.id, "source": ex.prompt, "prediction": p, "references": ex.references}
+            )
+            for ex, p in zip(self.eval_examples, predictions, strict=True)
+        )
+        atomic_write_text(self.out / "predictions.jsonl", "\n".join(lines) + "\n")
+
+    def skill_recovery(self) -> float | None:
+        """Synthetic benchmark: how well the learned allocation reflects the true skill structure."""
+        if not (self.has_allocation and self.data.skill_structure):
+            return None
+        mean = allocation_matrix(self.model).mean
+        value = skill_recovery(mean.reshape(mean.shape[0], -1), self.data.task_names, self.data.skill_structure)
+        return value if math.isfinite(value) else None  # NaN: the allocation has not moved yet
+
+    def results(self, state: LoopState, run_info: dict[str, Any]) -> dict[str, Any]:
+        """`results.json`'s content: `run_info` (names, parameters, protocol facts) plus the outcome."""
+        return {
+            **run_info,
+            "optimized_metric": self.optimized_metric,
+            "final": {"step": state.step, **split_average(state.last_scores)},
+            "best": {"step": state.best_step, **split_average(state.best_scores)},
+            "skill_recovery": self.skill_recovery(),
+            "steps": state.step,
+            "train_seconds": round(state.train_seconds, 2),
+            "status": "finished",
+            "n_train": len(self.data.train),
+            "n_eval": len(self.eval_examples),
+            "tasks": self.data.task_names,
+            "benchmark_info": self.data.info,
+            "wandb_run_id": self.wandb.run_id,
+            "paths": {
+                "predictions": "predictions.jsonl",
+                "allocation_png": "allocation.png" if self.has_allocation else None,
+                "best": "best",
+                "last": "last",
+                "metrics": "metrics.jsonl",
+            },
+        }
+
+    def finish(self, results: dict[str, Any], wall_start: float) -> None:
+        results["wall_time_s"] = round(time.perf_counter() - wall_start, 2)
+        if not self.is_main:
+            return
+        write_results(self.out / "results.json", results)
+        summary = {f"params/{k}": v for k, v in results["parameters"].items()}
+        summary |= {f"final/{k}": v for k, v in results["final"]["avg"].items()}
+        if results["skill_recovery"] is not None:
+            summary["skill_recovery"] = results["skill_recovery"]
+        self.wandb.summary(summary)
+        print(summary_text(results, self.out), flush=True)
+
+
+def summary_text(results: dict[str, Any], out: Path) -> str:
+    """The closing console summary: per-task scores, their average, and where the outputs are."""
+    main_metric = results["main_metric"]
+    per_task = results["final"]["per_task"]
+    width = max((len(t) for t in per_task), default=4)
+    metrics = list(results["final"]["avg"])
+    row = lambda name, scores: (
+        f"  {name:{width}s}  " + "  ".join(f"{scores.get(m, float('nan')):15.2f}" for m in metrics)
+    )  # noqa: E731
+    lines = [f"\n{results['run_name']}: {results['steps']} steps in {results['train_seconds']:.0f}s"]
+    lines.append(f"  {'task':{width}s}  " + "  ".join(f"{m:>15s}" for m in metrics))
+    lines += [row(task, scores) for task, scores in sorted(per_task.items())]
+    lines.append(row("average", results["final"]["avg"]))
+    if results["skill_recovery"] is not None:
+        lines.append(f"  skill_recovery (allocation vs true skill structure): {results['skill_recovery']:.3f}")
+    best = results["best"].get("avg", {}).get(main_metric, float("nan"))
+    lines.append(f"  {main_metric} best {best:.2f} at step {results['best']['step']}")
+    lines.append(f"results: {out / 'results.json'}")
+    lines.append(f"predictions: {out / 'predictions.jsonl'}")
+    if results["paths"]["allocation_png"]:
+        lines.append(f"allocation heatmap: {out / 'allocation.png'}")
+    return "\n".join(lines)
