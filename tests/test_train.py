@@ -156,3 +156,38 @@ def test_unknown_eval_tasks_need_uniform_routing(tmp_path, cache_dir, monkeypatc
         run([], tmp_path / "a", cache_dir)
     results = run(["method.unknown_task=uniform"], tmp_path / "b", cache_dir)
     assert "unseen" in results["final"]["per_task"] and "unseen" not in results["tasks"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["benchmark=superni", "benchmark.n_tasks=3", "benchmark.n_train_per_task=8", "benchmark.n_eval_per_task=2"],
+        ["benchmark=superni_xtask", "benchmark.n_train_per_task=2", "benchmark.n_eval_per_task=1", "method.unknown_task=uniform"],
+        ["benchmark=superglue", "benchmark.n_train_per_task=8", "benchmark.n_eval_per_task=4", "benchmark.train_from_validation=true"],
+    ],
+    ids=["superni", "superni_xtask", "superglue"],
+)
+def test_smoke_run_on_each_real_benchmark(overrides, data_dir, tmp_path, cache_dir):
+    cfg = compose_train(["debug=smoke", f"paths.data_dir={data_dir}", *overrides], output_dir=tmp_path, cache_dir=cache_dir)
+    results = train(cfg)
+    assert results["steps"] == 4 and results["final"]["avg"]
+    main = results["main_metric"]
+    assert main in results["final"]["avg"] and 0.0 <= results["final"]["avg"][main] <= 100.0
+    assert (tmp_path / "tasks.txt").read_text().split() == results["tasks"]
+
+
+def test_smoke_run_on_bring_your_own_jsonl(tmp_path, cache_dir):
+    lines = [
+        {"task": task, "source": f"{word} ->", "target": word[::-1] if task == "rev" else word.upper()}
+        for task in ("rev", "up")
+        for word in ("abc", "hello", "tiny", "model", "skills", "route", "task", "lora", "poly", "mhr")
+    ]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    cfg = compose_train(
+        ["debug=smoke", "benchmark=jsonl", f"benchmark.file={data}", "benchmark.eval_fraction=0.2"],
+        output_dir=tmp_path / "run",
+        cache_dir=cache_dir,
+    )
+    results = train(cfg)
+    assert sorted(results["tasks"]) == ["rev", "up"] and results["n_eval"] == 4

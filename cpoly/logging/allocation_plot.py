@@ -52,7 +52,8 @@ def plot_allocation(allocation: Allocation, path: str | Path, title: str = "Task
         panels.append(task_weights.float())
 
     widths = [min(12.0, max(3.0, 0.35 * p.shape[1])) for p in panels]
-    height = min(14.0, 2.0 + 0.3 * n_tasks)
+    # room for W_B's rotated owner-task labels under the panel
+    height = min(16.0, 2.0 + 0.3 * n_tasks + (1.8 if task_weights is not None else 0.0))
     fig = new_figure(sum(widths) + 2.0 + 1.2 * len(panels), height)
     axes = fig.subplots(1, len(panels), width_ratios=widths, squeeze=False)[0]
     fig.suptitle(title)
@@ -69,12 +70,17 @@ def plot_allocation(allocation: Allocation, path: str | Path, title: str = "Task
     return save_figure(fig, path)
 
 
+def _short(name: str, limit: int = 24) -> str:
+    """Tick labels of bounded length (SuperNI task names run to 60 characters)."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 def _heatmap(fig, ax, matrix: torch.Tensor, task_names: list[str], width: float, *, vmin, vmax, cmap) -> None:
     values = matrix.numpy()
     image = ax.imshow(values, aspect="auto", interpolation="nearest", vmin=vmin, vmax=vmax, cmap=cmap)
     fig.colorbar(image, ax=ax, fraction=0.25 / width, pad=0.02)  # about a quarter inch, whatever the panel
     rows = tick_positions(len(task_names), MAX_TICK_LABELS)
-    ax.set_yticks(rows, [task_names[i] for i in rows], fontsize=label_fontsize(len(task_names)))
+    ax.set_yticks(rows, [_short(task_names[i]) for i in rows], fontsize=label_fontsize(len(task_names)))
     ax.set_ylabel("task")
     if values.size <= ANNOTATE_MAX_CELLS:
         for (i, j), v in _cells(values):
@@ -110,7 +116,7 @@ def _label_task_skill_columns(ax, task_names: list[str], n_columns: int) -> None
 
     def name(c: int) -> str:
         owner = task_names[c // per_task] if c // per_task < len(task_names) else str(c)
-        return owner if per_task == 1 else f"{owner}.{c % per_task}"
+        return _short(owner) if per_task == 1 else f"{_short(owner)}.{c % per_task}"
 
     ax.set_xticks(columns, [name(c) for c in columns], rotation=90, fontsize=label_fontsize(n_columns))
     ax.set_xlabel("exclusive skill (owner task)")
