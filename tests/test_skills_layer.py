@@ -215,3 +215,20 @@ def test_backbone_dtype_is_kept_and_adapters_train_in_fp32():
     with use_tasks(model, BATCH_TASKS):
         out = model(**causal_batch()).logits
     assert out.dtype == torch.bfloat16
+
+
+def test_relaxed_bernoulli_sample_is_torchs_bit_for_bit():
+    from torch.distributions import RelaxedBernoulli
+
+    from cpoly.skills.router import relaxed_bernoulli_sample
+
+    logits = torch.randn(16, 2, 5, requires_grad=True)
+    for temperature in (1.0, 0.5):
+        torch.manual_seed(4)
+        expected = RelaxedBernoulli(temperature, logits=logits).rsample()
+        torch.manual_seed(4)
+        actual = relaxed_bernoulli_sample(logits, temperature)
+        assert torch.equal(actual, expected)
+        (g_expected,) = torch.autograd.grad(expected.sum(), logits)
+        (g_actual,) = torch.autograd.grad(actual.sum(), logits)
+        assert torch.equal(g_actual, g_expected)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import RelaxedBernoulli
 
 NORMALISATION_EPS = 1e-12  # as PEFT Poly: keeps an all-zero row finite
 
@@ -37,6 +36,17 @@ class TaskBatch:
         if self.ids.device == device:
             return self
         return TaskBatch(self.ids.to(device), self.all_known)
+
+
+def relaxed_bernoulli_sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`torch.distributions.RelaxedBernoulli(temperature, logits=logits).rsample()`, written out: the same
+    clamps, the same single `torch.rand` draw and bit-identical values and gradients (so PEFT Poly's
+    training-mode routing is reproduced exactly), without building a distribution object per call."""
+    eps = torch.finfo(logits.dtype).eps
+    probs = torch.sigmoid(logits).clamp(eps, 1 - eps)
+    uniforms = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(eps, 1 - eps)
+    noisy = (uniforms.log() - (-uniforms).log1p() + probs.log() - (-probs).log1p()) / temperature
+    return torch.sigmoid(noisy).clamp(torch.finfo(noisy.dtype).tiny, 1 - eps)
 
 
 class RoutingState:
@@ -61,7 +71,7 @@ class SharedAllocation(nn.Module):
         ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
         z = self.logits[ids].view(-1, self.n_splits, self.n_skills)
         if self.training:
-            z = RelaxedBernoulli(self.temperature, logits=z, validate_args=False).rsample()
+            z = relaxed_bernoulli_sample(z, self.temperature)
         else:
             z = torch.sigmoid(z)
         if not batch.all_known:  # unknown tasks: uniform over the shared skills

@@ -40,7 +40,9 @@ def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, optim), betas=tuple(optim.betas), eps=optim.eps)
+    # The fused kernel (CPU and CUDA) is the same update as the default for-each one at a third of the
+    # time; it matters here because C-Poly's task skills grow with the number of tasks.
+    return torch.optim.AdamW(parameter_groups(model, optim), betas=tuple(optim.betas), eps=optim.eps, fused=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int):
