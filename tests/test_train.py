@@ -162,13 +162,25 @@ def test_unknown_eval_tasks_need_uniform_routing(tmp_path, cache_dir, monkeypatc
     "overrides",
     [
         ["benchmark=superni", "benchmark.n_tasks=3", "benchmark.n_train_per_task=8", "benchmark.n_eval_per_task=2"],
-        ["benchmark=superni_xtask", "benchmark.n_train_per_task=2", "benchmark.n_eval_per_task=1", "method.unknown_task=uniform"],
-        ["benchmark=superglue", "benchmark.n_train_per_task=8", "benchmark.n_eval_per_task=4", "benchmark.train_from_validation=true"],
+        [
+            "benchmark=superni_xtask",
+            "benchmark.n_train_per_task=2",
+            "benchmark.n_eval_per_task=1",
+            "method.unknown_task=uniform",
+        ],
+        [
+            "benchmark=superglue",
+            "benchmark.n_train_per_task=8",
+            "benchmark.n_eval_per_task=4",
+            "benchmark.train_from_validation=true",
+        ],
     ],
     ids=["superni", "superni_xtask", "superglue"],
 )
 def test_smoke_run_on_each_real_benchmark(overrides, data_dir, tmp_path, cache_dir):
-    cfg = compose_train(["debug=smoke", f"paths.data_dir={data_dir}", *overrides], output_dir=tmp_path, cache_dir=cache_dir)
+    cfg = compose_train(
+        ["debug=smoke", f"paths.data_dir={data_dir}", *overrides], output_dir=tmp_path, cache_dir=cache_dir
+    )
     results = train(cfg)
     assert results["steps"] == 4 and results["final"]["avg"]
     main = results["main_metric"]
@@ -191,3 +203,14 @@ def test_smoke_run_on_bring_your_own_jsonl(tmp_path, cache_dir):
     )
     results = train(cfg)
     assert sorted(results["tasks"]) == ["rev", "up"] and results["n_eval"] == 4
+
+
+def test_debug_overfit_memorises_a_few_batches(tmp_path, cache_dir):
+    cfg = compose_train(
+        ["debug=overfit", *SMALL_DATA, "trainer.max_steps=40", "trainer.eval_every=40", "trainer.log_every=5"],
+        output_dir=tmp_path,
+        cache_dir=cache_dir,
+    )
+    train(cfg)
+    losses = [r["train/loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert losses[-1] < 0.5 * losses[0], losses

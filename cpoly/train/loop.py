@@ -188,7 +188,10 @@ class TrainLoop:
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
                 self.on_log(metrics, step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(
+                    {"loss": f"{mean_loss:.4f}"}
+                    | {k.removeprefix("train/"): f"{v:.1e}" for k, v in learning_rates(self.optimizer).items()}
+                )
                 window_loss, window_n = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
             bar.update(1)
             if step % t.eval_every == 0 or step == t.max_steps:
