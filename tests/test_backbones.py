@@ -130,6 +130,8 @@ CONFIG_ARCH = {
     "llama3_2_1b": "llama",
     "gemma3_270m": "gemma3",
     "minilm": "bert",
+    "tiny_llama": "llama",
+    "tiny_bert": "bert",
 }
 
 

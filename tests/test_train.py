@@ -214,3 +214,60 @@ def test_debug_overfit_memorises_a_few_batches(tmp_path, cache_dir):
     train(cfg)
     losses = [r["train/loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "train/loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_the_loop_trains_a_decoder_only_backbone(tmp_path, cache_dir):
+    cfg = compose_train(
+        [
+            "debug=overfit",
+            *SMALL_DATA,
+            "backbone=tiny_llama",
+            "trainer.max_steps=30",
+            "trainer.eval_every=30",
+            "trainer.log_every=5",
+        ],
+        output_dir=tmp_path,
+        cache_dir=cache_dir,
+    )
+    results = train(cfg)
+    losses = [r["train/loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert losses[-1] < 0.85 * losses[0], losses
+    first = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[0])
+    assert not first["prediction"].startswith(first["source"])  # the prompt is not part of the output
+    assert results["throughput"]["tokens_per_second"] > 0
+
+
+def test_the_loop_trains_an_encoder_with_task_heads(tmp_path, cache_dir):
+    lines = [
+        {"task": task, "source": word, "target": label, "choices": ["yes", "no"]}
+        for task, rule in (("long", lambda w: len(w) > 4), ("has_a", lambda w: "a" in w))
+        for word in (
+            "abc",
+            "hello",
+            "tiny",
+            "models",
+            "skills",
+            "route",
+            "task",
+            "lora",
+            "poly",
+            "mixtures",
+            "ab",
+            "zzz",
+        )
+        for label in ["yes" if rule(word) else "no"]
+    ]
+    data = tmp_path / "cls.jsonl"
+    data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    cfg = compose_train(
+        ["debug=smoke", "benchmark=jsonl", f"benchmark.file={data}", "backbone=tiny_bert"],
+        output_dir=tmp_path / "run",
+        cache_dir=cache_dir,
+    )
+    results = train(cfg)
+    assert results["metric"] == "classification" and set(results["final"]["per_task"]) == {"long", "has_a"}
+    assert results["parameters"]["heads"] == 2 * (128 * 2 + 2)  # one 2-way head per task, trained and counted
+    predictions = [
+        json.loads(line)["prediction"] for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert set(predictions) <= {"yes", "no"}

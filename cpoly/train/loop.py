@@ -134,8 +134,8 @@ class TrainLoop:
             inputs["decoder_input_ids"] = self.unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
         with self.accelerator.autocast():
             logits = self.model(**inputs).logits
-        if self.kind == "causal":  # position t predicts token t + 1
-            logits, labels = logits[:, :-1], labels[:, 1:]
+        if self.kind == "causal":  # position t predicts token t + 1 (shift the labels: no copy of the logits)
+            labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
         token_losses = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
         )
