@@ -39,14 +39,13 @@ from cpoly.train.resume import config_hash, resume_decision
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(cfg: DictConfig, kind: str) -> Accelerator:
+def make_accelerator(cfg: DictConfig, find_unused_parameters: bool) -> Accelerator:
     trainer = cfg.trainer
     cuda = torch.cuda.is_available() and not trainer.cpu
     precision = trainer.precision
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    # Encoder task heads of tasks absent from a batch get no gradient: DDP must be told.
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=kind == "encoder")]
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
     return Accelerator(
         cpu=trainer.cpu,
         mixed_precision=precision,
@@ -119,11 +118,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return json.loads((out / "results.json").read_text())
 
     backbone_cfg = BackboneConfig.from_any(cfg.backbone).validate()
-    accelerator = make_accelerator(cfg, backbone_cfg.kind)
+    method = to_object(cfg.method)
+    # Tasks absent from a batch leave their encoder heads, and their exclusive skills when W_B is
+    # fixed (one Parameter per task), without gradient: DDP must be told.
+    per_task = method.skill_config(["any"], backbone_cfg.target_modules).has_per_task_parameters
+    accelerator = make_accelerator(cfg, find_unused_parameters=backbone_cfg.kind == "encoder" or per_task)
     if accelerator.device.type == "cpu" and cfg.trainer.cpu_threads:
         torch.set_num_threads(cfg.trainer.cpu_threads)
     set_seed(cfg.seed)
-    method = to_object(cfg.method)
 
     data = load_benchmark(cfg.benchmark, cfg.paths.data_dir)
     check_routing_covers_eval(data, method.unknown_task)

@@ -80,7 +80,9 @@ def test_peft_poly_adapter_imports_with_the_same_outputs(n_splits, mode, tmp_pat
     base = tiny_t5()
     poly = peft.get_peft_model(
         copy.deepcopy(base),
-        peft.PolyConfig(task_type="SEQ_2_SEQ_LM", r=4, n_tasks=3, n_skills=2, n_splits=n_splits, target_modules=["q", "v"]),
+        peft.PolyConfig(
+            task_type="SEQ_2_SEQ_LM", r=4, n_tasks=3, n_skills=2, n_splits=n_splits, target_modules=["q", "v"]
+        ),
     )
     with torch.no_grad():
         for name, p in poly.named_parameters():

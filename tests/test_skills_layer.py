@@ -106,24 +106,30 @@ def test_shared_lora_equals_peft_lora():
 @pytest.mark.parametrize("mixing", ["params", "outputs"])
 def test_fixed_task_weights_isolate_tasks(mixing):
     """With fixed task weights an example of task t ignores other tasks' exclusive skills, and only
-    its own exclusive skill receives gradient."""
+    its own exclusive skill receives gradient: the other tasks' skills (one Parameter per task) are not
+    part of the step at all, their gradient stays None."""
     config = SkillConfig(method="cpoly", task_names=TASKS, task_weights="fixed", mixing=mixing)
     model = add_skills(tiny_t5(), config)
     randomize_adapters(model)
     batch = {k: v[:1] for k, v in t5_batch().items()}
     before = forward(model, batch, ["task_b"])
+    other_before = forward(model, batch, ["task_a"])
     with torch.no_grad():
         for _, layer in skilled_layers(model):
-            layer.task_A[:, [0, 2]] += torch.randn_like(layer.task_A[:, [0, 2]])
-            layer.task_B[:, [0, 2]] += torch.randn_like(layer.task_B[:, [0, 2]])
+            for t in (0, 2):
+                layer.task_A_per_task[t].add_(torch.randn_like(layer.task_A_per_task[t]))
+                layer.task_B_per_task[t].add_(torch.randn_like(layer.task_B_per_task[t]))
     torch.testing.assert_close(forward(model, batch, ["task_b"]), before, atol=0, rtol=0)
+    assert (forward(model, batch, ["task_a"]) - other_before).abs().max() > 1e-3  # the edit was real
     model.train()
     with use_tasks(model, ["task_b"]):
         model(**batch).loss.backward()
     for _, layer in skilled_layers(model):
-        for grad in (layer.task_A.grad, layer.task_B.grad):
-            assert grad[:, [0, 2]].abs().max() == 0
-        assert layer.task_B.grad[:, 1].abs().max() > 0
+        for per_task in (layer.task_A_per_task, layer.task_B_per_task):
+            assert per_task[0].grad is None and per_task[2].grad is None
+        packed_grad_b = torch.cat([torch.zeros_like(p) if p.grad is None else p.grad for p in layer.task_B_per_task], 1)
+        assert packed_grad_b[:, [0, 2]].abs().max() == 0
+        assert packed_grad_b[:, 1].abs().max() > 0
 
 
 def test_trainable_task_weights_start_as_identity_and_learn_off_diagonal():

@@ -59,7 +59,13 @@ def test_causal_mixed_task_generate_equals_one_by_one(beams):
         ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
     together = _generate(model, {"input_ids": ids, "attention_mask": mask}, MIXED, num_beams=beams, pad_token_id=0)
     for i, (p, task) in enumerate(zip(prompts, MIXED, strict=True)):
-        alone = _generate(model, {"input_ids": p[None], "attention_mask": torch.ones(1, len(p), dtype=torch.long)}, [task], num_beams=beams, pad_token_id=0)
+        alone = _generate(
+            model,
+            {"input_ids": p[None], "attention_mask": torch.ones(1, len(p), dtype=torch.long)},
+            [task],
+            num_beams=beams,
+            pad_token_id=0,
+        )
         torch.testing.assert_close(together[i, width:], alone[0, len(p) :])
 
 

@@ -30,18 +30,24 @@ PEFT_PREFIX = "base_model.model."
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors (and `modules_to_save`), without the frozen backbone."""
-    config = skill_state(model).config
+    """Adapter tensors (and `modules_to_save`), without the frozen backbone; exclusive skills packed as
+    `<layer>.task_A` / `<layer>.task_B` however the layer stores them (`SkilledLinear.adapter_tensors`)."""
     tensors: dict[str, torch.Tensor] = {}
     for layer_name, layer in skilled_layers(model):
-        for name, p in layer.named_parameters():
-            if not name.startswith("base_layer."):
-                tensors[f"{layer_name}.{name}"] = p
+        for name, t in layer.adapter_tensors().items():
+            tensors[f"{layer_name}.{name}"] = t
+    tensors.update(_modules_to_save_parameters(model))
+    return tensors
+
+
+def _modules_to_save_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    config = skill_state(model).config
+    params: dict[str, nn.Parameter] = {}
     for module_name, module in model.named_modules():
         if any(module_name == n or module_name.endswith("." + n) for n in config.modules_to_save):
             for name, p in module.named_parameters():
-                tensors[f"{module_name}.{name}"] = p
-    return tensors
+                params[f"{module_name}.{name}"] = p
+    return params
 
 
 def _base_model_info(model: nn.Module) -> dict[str, Any]:
@@ -102,7 +108,9 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{path}: no adapter weights")
 
 
-def _check_layers_match(model: nn.Module, config: SkillConfig, expected: dict[str, dict[str, int]], source: Path) -> None:
+def _check_layers_match(
+    model: nn.Module, config: SkillConfig, expected: dict[str, dict[str, int]], source: Path
+) -> None:
     """Before touching the model: the adapted layers and their shapes must be those saved."""
     try:
         found = find_target_modules(model, config.target_modules)
@@ -126,16 +134,19 @@ def _check_layers_match(model: nn.Module, config: SkillConfig, expected: dict[st
 
 
 def _copy_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    params = adapter_state_dict(model)
-    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    expected = adapter_state_dict(model)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{source}: tensors missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, want in expected.items():
+        if tensors[name].shape != want.shape:
+            got = tuple(tensors[name].shape)
+            raise ValueError(f"{source}: tensor {name} has shape {got}, the model expects {tuple(want.shape)}")
+    for layer_name, layer in skilled_layers(model):
+        layer.load_adapter_tensors({name: tensors[f"{layer_name}.{name}"] for name in layer.adapter_tensors()})
     with torch.no_grad():
-        for name, p in params.items():
-            t = tensors[name]
-            if t.shape != p.shape:
-                raise ValueError(f"{source}: tensor {name} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
-            p.copy_(t.to(p.dtype))
+        for name, p in _modules_to_save_parameters(model).items():
+            p.copy_(tensors[name].to(p.dtype))
 
 
 def load_skills(model: nn.Module, directory: str | Path, task_names: Sequence[str] | None = None) -> nn.Module:
@@ -149,9 +160,13 @@ def load_skills(model: nn.Module, directory: str | Path, task_names: Sequence[st
     if str(meta.get("peft_type", "")).upper() == "POLY":
         return _load_peft_poly(model, directory, meta, task_names)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{directory / CONFIG_NAME}: neither a cpoly adapter (format={meta.get('format')!r}) nor PEFT Poly")
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: neither a cpoly adapter (format={meta.get('format')!r}) nor PEFT Poly"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory / CONFIG_NAME}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}"
+        )
     config = SkillConfig.from_dict(meta["skill_config"])
     if task_names is not None and list(task_names) != config.task_names:
         raise ValueError(f"{directory}: saved task names {config.task_names[:5]}... differ from task_names given")
@@ -163,7 +178,9 @@ def load_skills(model: nn.Module, directory: str | Path, task_names: Sequence[st
     return model
 
 
-def _load_peft_poly(model: nn.Module, directory: Path, meta: dict[str, Any], task_names: Sequence[str] | None) -> nn.Module:
+def _load_peft_poly(
+    model: nn.Module, directory: Path, meta: dict[str, Any], task_names: Sequence[str] | None
+) -> nn.Module:
     poly_type = meta.get("poly_type", "poly")
     if poly_type != "poly":
         raise ValueError(f"{directory / CONFIG_NAME}: PEFT poly_type={poly_type!r} is not supported (only 'poly')")
@@ -250,12 +267,13 @@ def task_lora_factors(model: nn.Module, task: str | int) -> dict[str, tuple[torc
                 parts_a += [w[k] * layer.shared_A[0, k] for k in range(layer.n_shared)]
                 parts_b += [layer.shared_B[0, k] for k in range(layer.n_shared)]
             if layer.n_task:
-                w = layer.task_weights.full()[batch.ids[0].clamp(min=0)].to(layer.task_A.device)
+                task_A, task_B = layer.exclusive_skills()
+                w = layer.task_weights.full()[batch.ids[0].clamp(min=0)].to(task_A.device)
                 if not batch.all_known:
                     w = torch.zeros_like(w)
                 skills = range(w.shape[0]) if layer.task_weights.trainable else torch.nonzero(w).flatten().tolist()
-                parts_a += [w[j] * layer.task_A[0, j] for j in skills]
-                parts_b += [layer.task_B[0, j] for j in skills]
+                parts_a += [w[j] * task_A[0, j] for j in skills]
+                parts_b += [task_B[0, j] for j in skills]
             factors[name] = (torch.cat(parts_a, dim=1), torch.cat(parts_b, dim=0))
     return factors
 

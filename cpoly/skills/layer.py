@@ -6,6 +6,18 @@ Tensors, in PEFT Poly's layout so its adapters import by plain copy:
   routing        allocation.logits (T, S*K)      task_weights.weight (T, T*B)   gate (moe_lora)
 Output: h = W0 x + (alpha / r) * x A~ B~, where A~ and B~ mix the skills with each example's weights
 ("params" mixing); or the weighted sum of each skill's own x A_k B_k ("outputs" mixing).
+
+Storage of the exclusive (task) skills:
+- trainable W_B: `task_A`, `task_B` as above. Every example mixes all T*B skills, so every skill gets a
+  gradient each step (and W_B its rows of the batch's tasks): that cost grows with T by design.
+- fixed W_B: one Parameter per task, `task_A_per_task[t]` (S, B, d_in/S, r) = task_A[:, t*B:(t+1)*B]
+  and `task_B_per_task[t]`. An example reads only its own task's skills, so the tasks absent from a
+  batch are not part of the step at all: their gradient stays None, nothing is zero-filled, and
+  torch's optimizers skip them ("lazy" updates: a task's skills, their weight decay and their AdamW
+  moments move only in steps where the task is in the batch). The cost of a step does not depend on T.
+  `adapter_tensors()` presents them packed as `task_A` / `task_B`, so saved files are the same either
+  way. Under DDP absent tasks are unused parameters: `find_unused_parameters=True`
+  (`SkillConfig.has_per_task_parameters`).
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from cpoly.skills.config import SkillConfig
 from cpoly.skills.router import RoutingState, SharedAllocation, TaskBatch, TaskSkillWeights, TokenGate
 
 ADAPTABLE_TYPES = (nn.Linear, Conv1D)
+PER_TASK_PREFIXES = ("task_A_per_task.", "task_B_per_task.")
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -40,6 +53,47 @@ def _skill_pair(n_splits: int, n: int, d_in: int, d_out: int, rank: int) -> tupl
     return nn.Parameter(a), nn.Parameter(b)
 
 
+def _per_task(packed: torch.Tensor, n_task_skills: int) -> nn.ParameterList:
+    """(S, T*B, ...) packed skills -> T Parameters (S, B, ...), each its own contiguous tensor."""
+    chunks = packed.detach().split(n_task_skills, dim=1)
+    return nn.ParameterList(nn.Parameter(c.clone(memory_format=torch.contiguous_format)) for c in chunks)
+
+
+def _add_scaled_product(result: torch.Tensor, left: torch.Tensor, right: torch.Tensor, scaling: float) -> torch.Tensor:
+    """result + scaling * left @ right: left (..., r) has result's leading dims; right is (r, d_out) for
+    all tokens, or (n, r, d_out) per example with left (n, L, r).
+
+    One fused matmul-and-add: the delta is never written out, scaled and added in separate passes over
+    the (tokens x d_out) output (three passes, half of a PEFT LoRA layer's time). It adds in place into
+    the base layer's output, which is fresh and not saved for its backward (an out-of-place add would
+    first copy it whole)."""
+    device = result.device.type
+    if torch.is_autocast_enabled(device) and result.dtype == torch.get_autocast_dtype(device):
+        # in-place ops are not autocast: cast the operands as the out-of-place op would be
+        left, right = left.to(result.dtype), right.to(result.dtype)
+    if not result.dtype == left.dtype == right.dtype:  # a low-precision backbone: add in its dtype, as PEFT does
+        return result + (torch.matmul(left, right) * scaling).to(result.dtype)
+    if result._is_view() or result.shape[:-1] != left.shape[:-1] or left.dim() > 3:
+        # add into a copy, as an out-of-place op would (in place into a view would copy in backward):
+        # Conv1D's output is a view; 2-d inputs give (N, d_out) results for (N, 1, r) products
+        lead = (-1,) if right.dim() == 2 else (right.shape[0], -1)
+        out = result.reshape(*lead, right.shape[-1]).clone()
+        return _add_product_(out, left.reshape(*lead, right.shape[-2]), right, scaling).view(result.shape)
+    return _add_product_(result, left, right, scaling)
+
+
+def _add_product_(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, scaling: float) -> torch.Tensor:
+    """out += scaling * left @ right in place, for left (N, r) or (n, L, r)."""
+    if left.dim() == 2:
+        return out.addmm_(left, right, alpha=scaling)
+    return out.baddbmm_(left, right.expand(left.shape[0], *right.shape[-2:]), alpha=scaling)
+
+
+def _average_skills(skills: torch.Tensor) -> torch.Tensor:
+    """Mean over the B axis (2) of (n, S, B, ...) gathered exclusive skills; a view when B = 1."""
+    return skills[:, :, 0] if skills.shape[2] == 1 else skills.mean(2)
+
+
 class SkilledLinear(nn.Module):
     """Wraps one linear layer; the wrapped layer stays frozen as `base_layer`."""
 
@@ -57,8 +111,12 @@ class SkilledLinear(nn.Module):
         if K:
             self.shared_A, self.shared_B = _skill_pair(S, K, self.d_in, self.d_out, r)
         if B:
-            self.task_A, self.task_B = _skill_pair(S, n_tasks * B, self.d_in, self.d_out, r)
-            self.task_weights = TaskSkillWeights(n_tasks, B, trainable=c.task_weights == "trainable")
+            task_A, task_B = _skill_pair(S, n_tasks * B, self.d_in, self.d_out, r)
+            if c.has_trainable_task_weights:
+                self.task_A, self.task_B = task_A, task_B
+            else:  # the same initial values, one Parameter per task (see the module docstring)
+                self.task_A_per_task, self.task_B_per_task = _per_task(task_A, B), _per_task(task_B, B)
+            self.task_weights = TaskSkillWeights(n_tasks, B, trainable=c.has_trainable_task_weights)
         if c.has_learned_allocation:
             self.allocation = SharedAllocation(n_tasks, S, K, c.temperature)
         if c.method == "moe_lora":
@@ -92,21 +150,69 @@ class SkilledLinear(nn.Module):
     def n_task(self) -> int:
         return self.config.n_task_skills
 
+    @property
+    def per_task_skills(self) -> bool:
+        """Exclusive skills stored one Parameter per task (fixed task weights)."""
+        return self.n_task > 0 and not self.task_weights.trainable
+
+    def _adapter_tensor(self) -> torch.Tensor:
+        """Any adapter tensor: its dtype and device are the adapter's."""
+        if self.n_shared:
+            return self.shared_A
+        return self.task_A_per_task[0] if self.per_task_skills else self.task_A
+
+    # -- the exclusive skills, packed as saved ------------------------------------------------------
+    def exclusive_skills(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """task_A (S, T*B, d_in/S, r) and task_B (S, T*B, r, d_out/S): the Parameters themselves with
+        trainable task weights; with fixed ones a concatenated copy of the per-task Parameters (for
+        reading and saving: writes to it do not reach the Parameters, use `load_adapter_tensors`)."""
+        if self.per_task_skills:
+            with torch.no_grad():
+                return torch.cat(list(self.task_A_per_task), 1), torch.cat(list(self.task_B_per_task), 1)
+        return self.task_A, self.task_B
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter's tensors by saved name (`shared_A`, `task_A`, `allocation.logits`, ...), in PEFT
+        Poly's packed layout whatever the storage; the Parameters themselves where they are stored so."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, p in self.named_parameters():
+            if name.startswith(PER_TASK_PREFIXES):  # packed in their place: the same order as before
+                if "task_A" not in tensors:
+                    tensors["task_A"], tensors["task_B"] = self.exclusive_skills()
+            elif not name.startswith("base_layer."):
+                tensors[name] = p
+        return tensors
+
+    @torch.no_grad()
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy tensors named and shaped as `adapter_tensors()` into the adapter."""
+        for name, value in tensors.items():
+            if self.per_task_skills and name in ("task_A", "task_B"):
+                per_task = self.task_A_per_task if name == "task_A" else self.task_B_per_task
+                for p, chunk in zip(per_task, value.split(self.n_task, dim=1), strict=True):
+                    p.copy_(chunk)
+            else:
+                self.get_parameter(name).copy_(value)
+
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        dtype = self._adapter_dtype()
-        h = x.to(dtype)
+        h = x.to(self._adapter_tensor().dtype)
+        scaling = self.config.scaling
         if self.config.method == "moe_lora":
-            delta = self._moe_delta(h)
-        elif self.config.method == "shared_lora":
-            delta = h @ self.shared_A[0, 0] @ self.shared_B[0, 0]
-        else:
-            delta = self._routed_delta(h)
-        return result + (delta * self.config.scaling).to(result.dtype)
-
-    def _adapter_dtype(self) -> torch.dtype:
-        return (self.shared_A if self.n_shared else self.task_A).dtype
+            experts_b = self.shared_B[0].reshape(-1, self.d_out)  # (K*r, d_out)
+            return _add_scaled_product(result, self._gated_expert_inputs(h), experts_b, scaling)
+        if self.config.method == "shared_lora":
+            return _add_scaled_product(result, h @ self.shared_A[0, 0], self.shared_B[0, 0], scaling)
+        x3 = h.reshape(h.shape[0], -1, self.d_in)
+        batch, repeats = self._task_batch(x3.shape[0])
+        if self.config.mixing == "outputs":
+            delta = self._output_mixed_delta(x3, batch, repeats).reshape(*h.shape[:-1], self.d_out)
+            return result + (delta * scaling).to(result.dtype)
+        a, b = self.mixed_lora(batch)
+        if repeats > 1:
+            a, b = a.repeat_interleave(repeats, 0), b.repeat_interleave(repeats, 0)
+        return _add_scaled_product(result, x3.bmm(a), b, scaling)
 
     def _task_batch(self, batch_size: int) -> tuple[TaskBatch, int]:
         """The current task ids and how often each repeats in this batch (beams, returned sequences)."""
@@ -120,59 +226,64 @@ class SkilledLinear(nn.Module):
         n = batch.ids.shape[0]
         if batch_size % n:
             raise ValueError(f"batch of {batch_size} inputs does not match the {n} task ids given to use_tasks")
-        return batch.to(self.shared_A.device if self.n_shared else self.task_A.device), batch_size // n
-
-    def _routed_delta(self, x: torch.Tensor) -> torch.Tensor:
-        x3 = x.reshape(x.shape[0], -1, self.d_in)
-        batch, repeats = self._task_batch(x3.shape[0])
-        if self.config.mixing == "outputs":
-            delta = self._output_mixed_delta(x3, batch, repeats)
-        else:
-            a, b = self.mixed_lora(batch)
-            if repeats > 1:
-                a, b = a.repeat_interleave(repeats, 0), b.repeat_interleave(repeats, 0)
-            delta = x3.bmm(a).bmm(b)
-        return delta.reshape(*x.shape[:-1], self.d_out)
+        return batch.to(self._adapter_tensor().device), batch_size // n
 
     def shared_weights(self, batch: TaskBatch) -> torch.Tensor:
         """(b, S, K) weights of the shared skills."""
         if self.config.has_learned_allocation:
             return self.allocation(batch)
         b, S, K = batch.ids.shape[0], self.config.n_splits, self.n_shared
-        return torch.full((b, S, K), 1.0 / K, device=batch.ids.device, dtype=self._adapter_dtype())
+        return torch.full((b, S, K), 1.0 / K, device=batch.ids.device, dtype=self._adapter_tensor().dtype)
 
     def mixed_lora(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Each example's mixed A~ (b, d_in, r) and B~ (b, r, d_out), split-major."""
-        b, S, r = batch.ids.shape[0], self.config.n_splits, self.config.rank
-        a = b_ = None
+        n, S, r = batch.ids.shape[0], self.config.n_splits, self.config.rank
+        a = b = None  # flat (b, S * d_in/S * r) and (b, S * r * d_out/S), in the packed skills' order
         if self.n_shared:
-            w = self.shared_weights(batch)
-            a = torch.einsum("bqk,qkdr->bqdr", w, self.shared_A)
-            b_ = torch.einsum("bqk,qkro->bqro", w, self.shared_B)
+            a, b = self._shared_mixture(self.shared_weights(batch))
         if self.n_task:
-            ta, tb = self._task_mixture(batch)
-            a = ta if a is None else a + ta
-            b_ = tb if b_ is None else b_ + tb
-        a = a.reshape(b, self.d_in, r)
-        b_ = b_.transpose(1, 2).reshape(b, r, self.d_out)  # (b, r, S, d_out/S): output blocks split-major
-        return a, b_
+            a, b = self._add_task_mixture(batch, a, b)
+        b = b.view(n, S, r, self.d_out // S).transpose(1, 2)  # (b, r, S, d_out/S): output blocks split-major
+        return a.view(n, self.d_in, r), b.reshape(n, r, self.d_out)
 
-    def _task_mixture(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exclusive skills mixed with W_B, (b, S, d_in/S, r) and (b, S, r, d_out/S)."""
-        S = self.config.n_splits
+    def _shared_mixture(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum_k w[:, q, k] * skill[q, k] for A and B, flattened per example."""
+        n = w.shape[0]
+        if self.config.n_splits == 1:  # one matmul each over the flattened skills (einsum: more ops a call)
+            w = w.view(n, self.n_shared)
+            return w @ self.shared_A.view(self.n_shared, -1), w @ self.shared_B.view(self.n_shared, -1)
+        a = torch.einsum("bqk,qkdr->bqdr", w, self.shared_A)
+        b = torch.einsum("bqk,qkro->bqro", w, self.shared_B)
+        return a.reshape(n, -1), b.reshape(n, -1)
+
+    def _add_task_mixture(
+        self, batch: TaskBatch, a: torch.Tensor | None, b: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """a + the exclusive skills' mixture for A, the same for B (flattened as `_shared_mixture`)."""
+        n = batch.ids.shape[0]
         if self.task_weights.trainable:
-            w = self.task_weights(batch)  # (b, T*B): a matmul over all tasks' skills
-            a = (w @ self.task_A.transpose(0, 1).reshape(w.shape[1], -1)).view(-1, S, *self.task_A.shape[2:])
-            b = (w @ self.task_B.transpose(0, 1).reshape(w.shape[1], -1)).view(-1, S, *self.task_B.shape[2:])
-            return a, b
-        # Fixed weights: gather each example's own B skills (cost independent of T).
-        index = self.task_weights.own_skill_index(batch)  # (b, B)
-        a = self.task_A[:, index].mean(2).transpose(0, 1)  # (S, b, B, d, r) -> (b, S, d, r)
-        b = self.task_B[:, index].mean(2).transpose(0, 1)
-        if not batch.all_known:
-            keep = batch.known.view(-1, 1, 1, 1).to(a.dtype)
-            a, b = a * keep, b * keep
-        return a, b
+            w = self.task_weights(batch)  # (b, T*B): a matmul over all tasks' skills, added to a in it
+            skills_a = self.task_A.transpose(0, 1).reshape(w.shape[1], -1)
+            skills_b = self.task_B.transpose(0, 1).reshape(w.shape[1], -1)
+            if a is None:
+                return w @ skills_a, w @ skills_b
+            return torch.addmm(a, w, skills_a), torch.addmm(b, w, skills_b)
+        own_a, own_b = self._own_task_skills(batch)
+        ta, tb = _average_skills(own_a).reshape(n, -1), _average_skills(own_b).reshape(n, -1)
+        if a is None:
+            return ta, tb
+        return a + ta, b + tb
+
+    def _own_task_skills(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed weights: each example's own task's B skills, (b, S, B, d_in/S, r) and (b, S, B, r,
+        d_out/S), zeros for an unknown task. Only the batch's tasks enter the graph (no gather from a
+        T-sized tensor, whose backward would zero-fill all T tasks' gradients)."""
+        A, B = self.task_A_per_task, self.task_B_per_task
+        if batch.all_known:
+            return torch.stack([A[t] for t in batch.id_list]), torch.stack([B[t] for t in batch.id_list])
+        zero_a, zero_b = torch.zeros_like(A[0]), torch.zeros_like(B[0])
+        own_a = torch.stack([A[t] if t >= 0 else zero_a for t in batch.id_list])
+        return own_a, torch.stack([B[t] if t >= 0 else zero_b for t in batch.id_list])
 
     def _output_mixed_delta(self, x3: torch.Tensor, batch: TaskBatch, repeats: int) -> torch.Tensor:
         """sum_k w_k (x A_k) B_k over shared and exclusive skills (n_splits == 1)."""
@@ -187,18 +298,18 @@ class SkilledLinear(nn.Module):
                 xa = torch.einsum("bld,jdr->bljr", x3, self.task_A[0]) * w[:, None, :, None]
                 part = torch.einsum("bljr,jro->blo", xa, self.task_B[0])
             else:
-                index = self.task_weights.own_skill_index(batch).repeat_interleave(repeats, 0)  # (b, B)
-                xa = torch.einsum("bld,bjdr->bljr", x3, self.task_A[0][index])
-                part = torch.einsum("bljr,bjro->blo", xa, self.task_B[0][index]) / self.n_task
-                if not batch.all_known:
-                    part = part * batch.known.repeat_interleave(repeats, 0).view(-1, 1, 1).to(part.dtype)
+                own_a, own_b = (s[:, 0].repeat_interleave(repeats, 0) for s in self._own_task_skills(batch))
+                xa = torch.einsum("bld,bjdr->bljr", x3, own_a)
+                part = torch.einsum("bljr,bjro->blo", xa, own_b) / self.n_task
             delta = part if delta is None else delta + part
         return delta
 
-    def _moe_delta(self, x: torch.Tensor) -> torch.Tensor:
+    def _gated_expert_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """moe_lora: gate_k(x) * x A_k for every token and expert, (..., K*r); times the experts'
+        stacked B (K*r, d_out) this is the gated sum of the experts' outputs."""
         gates = self.gate(x)  # (..., K)
         xa = torch.einsum("...d,kdr->...kr", x, self.shared_A[0]) * gates.unsqueeze(-1)
-        return torch.einsum("...kr,kro->...o", xa, self.shared_B[0])
+        return xa.flatten(-2)
 
     def extra_repr(self) -> str:
         c = self.config

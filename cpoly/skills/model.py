@@ -117,7 +117,7 @@ def task_batch(model: nn.Module, tasks: Sequence[str] | torch.Tensor | Sequence[
     if ids.numel() == 0:
         raise ValueError("use_tasks needs at least one task")
     device = next((p.device for _, layer in skilled_layers(model) for p in layer.parameters()), ids.device)
-    return TaskBatch(ids.to(device), all_known=bool((ids >= 0).all()))
+    return TaskBatch(ids.to(device), all_known=bool((ids >= 0).all()), id_list=tuple(ids.tolist()))
 
 
 @contextlib.contextmanager
@@ -177,7 +177,9 @@ def allocation_matrix(model: nn.Module) -> Allocation:
     mean = torch.stack(list(per_layer.values())).mean(0)
     task_weights = None
     if config.n_task_skills:
-        task_weights = torch.stack([layer.task_weights.full().detach().float().cpu() for _, layer in skilled_layers(model)]).mean(0)
+        task_weights = torch.stack(
+            [layer.task_weights.full().detach().float().cpu() for _, layer in skilled_layers(model)]
+        ).mean(0)
     return Allocation(list(config.task_names), per_layer, mean, task_weights)
 
 

@@ -23,10 +23,16 @@ NORMALISATION_EPS = 1e-12  # as PEFT Poly: keeps an all-zero row finite
 
 @dataclass(frozen=True)
 class TaskBatch:
-    """Task ids of a batch (-1 marks an unknown task) and whether any is unknown."""
+    """Task ids of a batch (-1 marks an unknown task), whether any is unknown, and the same ids as Python
+    ints (`id_list`: layers that pick per-task Parameters read it without a device sync)."""
 
     ids: torch.Tensor
     all_known: bool
+    id_list: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.id_list:
+            object.__setattr__(self, "id_list", tuple(self.ids.tolist()))
 
     @property
     def known(self) -> torch.Tensor:
@@ -35,7 +41,7 @@ class TaskBatch:
     def to(self, device: torch.device) -> TaskBatch:
         if self.ids.device == device:
             return self
-        return TaskBatch(self.ids.to(device), self.all_known)
+        return TaskBatch(self.ids.to(device), self.all_known, self.id_list)
 
 
 def relaxed_bernoulli_sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -87,9 +93,9 @@ class SharedAllocation(nn.Module):
 class TaskSkillWeights(nn.Module):
     """Exclusive-skill weights W_B (T, T*B): block-diagonal 1/B on a task's own B skills.
 
-    Fixed weights are never materialised: a task's own skills are gathered and averaged, so the cost
-    does not grow with the number of tasks. Trainable weights mix over all T*B skills (the paper lets
-    off-diagonal entries learn)."""
+    Fixed weights are never materialised: each example averages its own task's B skills (see
+    `SkilledLinear`), so the cost does not grow with the number of tasks. Trainable weights mix over
+    all T*B skills (the paper lets off-diagonal entries learn)."""
 
     def __init__(self, n_tasks: int, n_task_skills: int, trainable: bool) -> None:
         super().__init__()
@@ -111,12 +117,6 @@ class TaskSkillWeights(nn.Module):
         if not batch.all_known:
             rows = rows * batch.known.unsqueeze(-1).to(rows.dtype)
         return rows
-
-    def own_skill_index(self, batch: TaskBatch) -> torch.Tensor:
-        """Fixed weights: indices (b, B) of each example's own skills in the T*B axis."""
-        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
-        offsets = torch.arange(self.n_task_skills, device=ids.device)
-        return ids.unsqueeze(-1) * self.n_task_skills + offsets
 
 
 class TokenGate(nn.Module):
