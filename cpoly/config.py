@@ -20,6 +20,8 @@ from cpoly.data.superni import SuperNIConfig
 from cpoly.data.synthetic import SyntheticConfig
 from cpoly.skills.config import METHOD_DEFAULTS, SkillConfig, SkillConfigError
 
+TASK_SKILL_UPDATES = ("lazy", "dense")
+
 BENCHMARK_SCHEMAS = {
     "synthetic_schema": SyntheticConfig,
     "superni_schema": SuperNIConfig,
@@ -84,6 +86,10 @@ class OptimConfig:
     eps: float = 1e-8
     scheduler: str = "linear"  # linear | cosine | constant (after warmup)
     warmup_ratio: float = 0.06  # share of max_steps spent warming up linearly from 0
+    # Exclusive skills of tasks absent from a step, with fixed task weights: "lazy" leaves them out of
+    # the step (cost independent of T); "dense" steps them with a zero gradient, so AdamW's momentum
+    # moves them every step, as one packed tensor does in PEFT Poly and mttl.
+    task_skill_updates: str = "lazy"
 
 
 @dataclass
@@ -206,6 +212,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.router_lr={optim.router_lr}: must be > 0")
     if optim.scheduler not in ("linear", "cosine", "constant"):
         raise ConfigError(f"optim.scheduler={optim.scheduler!r}: must be one of linear, cosine, constant")
+    if optim.task_skill_updates not in TASK_SKILL_UPDATES:
+        raise ConfigError(
+            f"optim.task_skill_updates={optim.task_skill_updates!r}: must be one of {', '.join(TASK_SKILL_UPDATES)}"
+        )
     if not 0 <= optim.warmup_ratio < 1:
         raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio}: must lie in [0, 1)")
     for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every"):

@@ -22,7 +22,7 @@ from cpoly import (
 )
 from cpoly.config import OptimConfig
 from cpoly.skills import skilled_layers
-from cpoly.train.optim import build_optimizer
+from cpoly.train.optim import build_optimizer, zero_grads_of_absent_task_skills
 
 ABSENT = ["task_a", "task_c", "task_a"]  # task_b sits this batch out
 
@@ -104,6 +104,34 @@ def test_a_task_absent_from_a_step_keeps_its_skills_and_optimizer_state():
         assert not torch.equal(p, before) and int(optimizer.state[p]["step"]) == 2
     shared_state = optimizer.state[layer.shared_A]
     assert int(shared_state["step"]) == 2  # shared skills update every step, as before
+
+
+def test_dense_task_skill_updates_step_absent_tasks_as_a_packed_tensor():
+    """optim.task_skill_updates=dense: an absent task's skills get a zero gradient, so AdamW steps them as
+    PEFT Poly steps its packed tensor: the same values as a packed-storage model under the same steps."""
+    base = tiny_t5()
+    per_task = add_skills(copy.deepcopy(base), _fixed())
+    randomize_adapters(per_task)
+    packed = add_skills(copy.deepcopy(base), SkillConfig(method="cpoly", task_names=TASKS))
+    for (_, dense), (_, lazy) in zip(skilled_layers(packed), skilled_layers(per_task), strict=True):
+        dense.load_adapter_tensors({**lazy.adapter_tensors(), "task_weights.weight": dense.task_weights.weight})
+        dense.task_weights.weight.requires_grad_(False)  # W_B fixed at the identity in both
+    optim = OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1, task_skill_updates="dense")
+    optimizers = {id(m): build_optimizer(m, optim) for m in (packed, per_task)}
+    for tasks in (["task_a", "task_b", "task_a"], ["task_a", "task_a", "task_a"]):  # task_c never, task_b once
+        for model in (packed, per_task):
+            model.train()
+            torch.manual_seed(5)
+            _loss(model, tasks)
+            if model is per_task:
+                zero_grads_of_absent_task_skills(model)
+            optimizers[id(model)].step()
+            optimizers[id(model)].zero_grad(set_to_none=True)
+    for (_, dense), (_, lazy) in zip(skilled_layers(packed), skilled_layers(per_task), strict=True):
+        for name in ("task_A", "task_B", "shared_A", "allocation.logits"):
+            torch.testing.assert_close(lazy.adapter_tensors()[name], dense.adapter_tensors()[name], atol=1e-6, rtol=0)
+    layer = next(layer for _, layer in skilled_layers(per_task))
+    assert int(optimizers[id(per_task)].state[layer.task_A_per_task[2]]["step"]) == 2  # task_c stepped too
 
 
 def test_gradient_checkpointing_with_per_task_skills():

@@ -86,8 +86,18 @@ def test_each_method_trains_and_writes_its_run_folder(method, tmp_path, cache_di
     assert any("val/avg/char_similarity" in r for r in logged)
 
 
-def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, cache_dir, monkeypatch):
-    overrides = ["trainer.max_steps=6", "trainer.eval_every=3", "trainer.log_every=1", "method=cpoly"]
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=cpoly"],
+        # one Parameter per task: AdamW state exists only for tasks seen so far (lazy) or for all (dense)
+        ["method=task_lora", "optim.task_skill_updates=lazy"],
+        ["method=task_lora", "optim.task_skill_updates=dense"],
+    ],
+    ids=["cpoly", "task_lora-lazy", "task_lora-dense"],
+)
+def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path, cache_dir, monkeypatch):
+    overrides = ["trainer.max_steps=6", "trainer.eval_every=3", "trainer.log_every=1", *method]
     reference = run(overrides, tmp_path / "whole", cache_dir)
 
     from cpoly.train.loop import TrainLoop

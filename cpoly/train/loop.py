@@ -28,7 +28,7 @@ from cpoly.data.sampling import MultiTaskBatchSampler
 from cpoly.skills import use_tasks
 from cpoly.train.checkpoint import restore_checkpoint, save_checkpoint
 from cpoly.train.evaluation import Evaluation
-from cpoly.train.optim import build_optimizer, build_scheduler, learning_rates
+from cpoly.train.optim import build_optimizer, build_scheduler, learning_rates, zero_grads_of_absent_task_skills
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,8 @@ class TrainLoop:
                     acc.backward(loss)
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    if acc.sync_gradients and self.optim.task_skill_updates == "dense":
+                        zero_grads_of_absent_task_skills(self.unwrapped)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 window_loss += loss_sum

@@ -45,6 +45,17 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(parameter_groups(model, optim), betas=tuple(optim.betas), eps=optim.eps, fused=True)
 
 
+def zero_grads_of_absent_task_skills(model: nn.Module) -> None:
+    """`optim.task_skill_updates=dense`: exclusive skills stored one Parameter per task (fixed task
+    weights) whose task was not in the step get a zero gradient, so the optimizer steps them as it
+    steps a packed (S, T*B, ...) tensor: AdamW's moments keep moving them and weight decay applies."""
+    for _, layer in skilled_layers(model):
+        if layer.per_task_skills:
+            for p in (*layer.task_A_per_task, *layer.task_B_per_task):
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int):
     """Linear warmup over `warmup_ratio * max_steps`, then linear or cosine decay to 0, or constant."""
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[optim.scheduler]
