@@ -39,6 +39,15 @@ TASK_LABELS = {"boolq": ["no", "yes"], "cb": ["entailment", "contradiction", "ne
 TASKS = list(TASK_LABELS)
 
 # Tiny random models of each architecture class, loaded through source=random.
+TINY_DECODER = dict(
+    vocab_size=384,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
 ARCHS = {
     "t5": dict(
         kind="seq2seq",
@@ -60,31 +69,13 @@ ARCHS = {
         kind="causal",
         cls=Qwen2ForCausalLM,
         targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-        overrides=dict(
-            model_type="qwen2",
-            vocab_size=384,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        ),
+        overrides=dict(model_type="qwen2", **TINY_DECODER),
     ),
     "llama": dict(
         kind="causal",
         cls=LlamaForCausalLM,
         targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-        overrides=dict(
-            model_type="llama",
-            vocab_size=384,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        ),
+        overrides=dict(model_type="llama", **TINY_DECODER),
     ),
     "gemma3": dict(
         kind="causal",
