@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_models import TINY_DECODER
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 from torch import nn
@@ -39,15 +40,6 @@ TASK_LABELS = {"boolq": ["no", "yes"], "cb": ["entailment", "contradiction", "ne
 TASKS = list(TASK_LABELS)
 
 # Tiny random models of each architecture class, loaded through source=random.
-TINY_DECODER = dict(
-    vocab_size=384,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-)
 ARCHS = {
     "t5": dict(
         kind="seq2seq",

@@ -35,16 +35,22 @@ def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(config).eval()
 
 
+# Sizes of the tiny decoder-only models (Llama, Qwen2 classes).
+TINY_DECODER = dict(
+    vocab_size=384,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+
+
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=384,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
+        **TINY_DECODER,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=1,
