@@ -198,20 +198,25 @@ def test_smoke_run_on_each_real_benchmark(overrides, data_dir, tmp_path, cache_d
     assert (tmp_path / "tasks.txt").read_text().split() == results["tasks"]
 
 
+def smoke_on_jsonl(lines, tmp_path, cache_dir, *overrides):
+    """A debug=smoke run on `lines` written as the user's own JSON lines file."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    cfg = compose_train(
+        ["debug=smoke", "benchmark=jsonl", f"benchmark.file={data}", *overrides],
+        output_dir=tmp_path / "run",
+        cache_dir=cache_dir,
+    )
+    return train(cfg)
+
+
 def test_smoke_run_on_bring_your_own_jsonl(tmp_path, cache_dir):
     lines = [
         {"task": task, "source": f"{word} ->", "target": word[::-1] if task == "rev" else word.upper()}
         for task in ("rev", "up")
         for word in ("abc", "hello", "tiny", "model", "skills", "route", "task", "lora", "poly", "mhr")
     ]
-    data = tmp_path / "mine.jsonl"
-    data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    cfg = compose_train(
-        ["debug=smoke", "benchmark=jsonl", f"benchmark.file={data}", "benchmark.eval_fraction=0.2"],
-        output_dir=tmp_path / "run",
-        cache_dir=cache_dir,
-    )
-    results = train(cfg)
+    results = smoke_on_jsonl(lines, tmp_path, cache_dir, "benchmark.eval_fraction=0.2")
     assert sorted(results["tasks"]) == ["rev", "up"] and results["n_eval"] == 4
 
 
@@ -267,14 +272,7 @@ def test_the_loop_trains_an_encoder_with_task_heads(tmp_path, cache_dir):
         )
         for label in ["yes" if rule(word) else "no"]
     ]
-    data = tmp_path / "cls.jsonl"
-    data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    cfg = compose_train(
-        ["debug=smoke", "benchmark=jsonl", f"benchmark.file={data}", "backbone=tiny_bert"],
-        output_dir=tmp_path / "run",
-        cache_dir=cache_dir,
-    )
-    results = train(cfg)
+    results = smoke_on_jsonl(lines, tmp_path, cache_dir, "backbone=tiny_bert")
     assert results["metric"] == "classification" and set(results["final"]["per_task"]) == {"long", "has_a"}
     assert results["parameters"]["heads"] == 2 * (128 * 2 + 2)  # one 2-way head per task, trained and counted
     predictions = [

@@ -112,10 +112,10 @@ class SkilledLinear(nn.Module):
             self.shared_A, self.shared_B = _skill_pair(S, K, self.d_in, self.d_out, r)
         if B:
             task_A, task_B = _skill_pair(S, n_tasks * B, self.d_in, self.d_out, r)
-            if c.has_trainable_task_weights:
-                self.task_A, self.task_B = task_A, task_B
-            else:  # the same initial values, one Parameter per task (see the module docstring)
+            if c.has_per_task_parameters:  # the same initial values, one Parameter per task (module docstring)
                 self.task_A_per_task, self.task_B_per_task = _per_task(task_A, B), _per_task(task_B, B)
+            else:
+                self.task_A, self.task_B = task_A, task_B
             self.task_weights = TaskSkillWeights(n_tasks, B, trainable=c.has_trainable_task_weights)
         if c.has_learned_allocation:
             self.allocation = SharedAllocation(n_tasks, S, K, c.temperature)
@@ -153,7 +153,7 @@ class SkilledLinear(nn.Module):
     @property
     def per_task_skills(self) -> bool:
         """Exclusive skills stored one Parameter per task (fixed task weights)."""
-        return self.n_task > 0 and not self.task_weights.trainable
+        return self.config.has_per_task_parameters
 
     def _adapter_tensor(self) -> torch.Tensor:
         """Any adapter tensor: its dtype and device are the adapter's."""
