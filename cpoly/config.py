@@ -20,8 +20,6 @@ from cpoly.data.superni import SuperNIConfig
 from cpoly.data.synthetic import SyntheticConfig
 from cpoly.skills.config import METHOD_DEFAULTS, SkillConfig, SkillConfigError
 
-TASK_SKILL_UPDATES = ("lazy", "dense")
-
 BENCHMARK_SCHEMAS = {
     "synthetic_schema": SyntheticConfig,
     "superni_schema": SuperNIConfig,
@@ -86,10 +84,6 @@ class OptimConfig:
     eps: float = 1e-8
     scheduler: str = "linear"  # linear | cosine | constant (after warmup)
     warmup_ratio: float = 0.06  # share of max_steps spent warming up linearly from 0
-    # Exclusive skills of tasks absent from a step, with fixed task weights: "lazy" leaves them out of
-    # the step (cost independent of T); "dense" steps them with a zero gradient, so AdamW's momentum
-    # moves them every step, as one packed tensor does in PEFT Poly and mttl.
-    task_skill_updates: str = "lazy"
 
 
 @dataclass
@@ -107,6 +101,9 @@ class TrainerConfig:
     task_sampling: str = "proportional"  # proportional | uniform | temperature
     sampling_temperature: float = 2.0  # for task_sampling=temperature: p ~ n^(1/T)
     group_by_length: bool = True
+    # group_by_length keeps at least this share of the distinct tasks per batch random batches have
+    # (0: plain length sorting, least padding, few tasks per batch on SuperNI)
+    min_task_mix: float = 0.9
     overfit_batches: int = 0  # > 0: train on the first N batches over and over (debug=overfit)
     cpu: bool = False  # force CPU even where a GPU exists
     cpu_threads: int | None = None  # torch intra-op threads on CPU (null: torch's default); 1 suits tiny models
@@ -212,15 +209,13 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.router_lr={optim.router_lr}: must be > 0")
     if optim.scheduler not in ("linear", "cosine", "constant"):
         raise ConfigError(f"optim.scheduler={optim.scheduler!r}: must be one of linear, cosine, constant")
-    if optim.task_skill_updates not in TASK_SKILL_UPDATES:
-        raise ConfigError(
-            f"optim.task_skill_updates={optim.task_skill_updates!r}: must be one of {', '.join(TASK_SKILL_UPDATES)}"
-        )
     if not 0 <= optim.warmup_ratio < 1:
         raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio}: must lie in [0, 1)")
     for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every"):
         if getattr(trainer, name) < 1:
             raise ConfigError(f"trainer.{name}={getattr(trainer, name)}: must be >= 1")
+    if not 0 <= trainer.min_task_mix <= 1:
+        raise ConfigError(f"trainer.min_task_mix={trainer.min_task_mix}: must lie in [0, 1]")
     if trainer.precision not in ("auto", "no", "bf16", "fp16"):
         raise ConfigError(f"trainer.precision={trainer.precision!r}: must be one of auto, no, bf16, fp16")
     if trainer.task_sampling not in ("proportional", "uniform", "temperature"):

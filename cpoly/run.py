@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 
 def make_accelerator(cfg: DictConfig, find_unused_parameters: bool) -> Accelerator:
+    """Gradient accumulation is the loop's own (one normalisation over the whole step), not Accelerate's."""
     trainer = cfg.trainer
     cuda = torch.cuda.is_available() and not trainer.cpu
     precision = trainer.precision
@@ -49,7 +50,6 @@ def make_accelerator(cfg: DictConfig, find_unused_parameters: bool) -> Accelerat
     return Accelerator(
         cpu=trainer.cpu,
         mixed_precision=precision,
-        gradient_accumulation_steps=trainer.grad_accum,
         kwargs_handlers=handlers,
     )
 
@@ -119,10 +119,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     backbone_cfg = BackboneConfig.from_any(cfg.backbone).validate()
     method = to_object(cfg.method)
-    # Tasks absent from a batch leave their encoder heads, and their exclusive skills when W_B is
-    # fixed (one Parameter per task), without gradient: DDP must be told.
-    per_task = method.skill_config(["any"], backbone_cfg.target_modules).has_per_task_parameters
-    accelerator = make_accelerator(cfg, find_unused_parameters=backbone_cfg.kind == "encoder" or per_task)
+    # Tasks absent from a batch leave their encoder heads without gradient: DDP must be told.
+    accelerator = make_accelerator(cfg, find_unused_parameters=backbone_cfg.kind == "encoder")
     if accelerator.device.type == "cpu" and cfg.trainer.cpu_threads:
         torch.set_num_threads(cfg.trainer.cpu_threads)
     set_seed(cfg.seed)
@@ -226,6 +224,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "throughput": throughput(state, accelerator),
             "git_sha": git_sha(Path(cfg.paths.root_dir)),
             "world_size": accelerator.num_processes,
+            "global_batch_size": cfg.trainer.batch_size * cfg.trainer.grad_accum * accelerator.num_processes,
+            "batches": state.batch_mix(),
             "tokenization": {"train": asdict(train_split.stats), "eval": asdict(eval_split.stats)},
         }
         results = reporter.results(state, run_info)

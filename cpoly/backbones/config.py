@@ -19,7 +19,7 @@ KINDS = ("seq2seq", "causal", "encoder")
 # architecture is `model_overrides` (with `model_type`) on top of `model_id`'s config when given.
 # package: a pip-installed package that ships the weights (see `cpoly.backbones.packages`).
 SOURCES = ("hub", "random", "package")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # float64: exactness checks on a CPU
 POOLINGS = ("cls", "mean")
 # A tokenizer that needs no files: bytes plus T5's specials, 384 ids (pad 0, eos 1, unk 2).
 BYT5_TOKENIZER = "byt5"
@@ -59,6 +59,10 @@ class BackboneConfig:
     init_seed: int = 0  # seeds random initialisation (source=random, encoder heads)
     pooling: str = "cls"  # encoder: "cls" (first token) or "mean" (masked mean, sentence-transformers)
     head_dropout: float = 0.0  # encoder: dropout on the pooled representation before the task heads
+    # null keeps the model's own dropout; a number sets every dropout of the backbone (nn.Dropout modules,
+    # attention-dropout attributes and the config's *dropout* values) to it. 0 makes training-mode
+    # forwards deterministic (apart from routing noise).
+    dropout: float | None = None
 
     # -- validation -------------------------------------------------------------------------------
     def _fail(self, field_name: str, value: Any, why: str) -> None:
@@ -84,6 +88,10 @@ class BackboneConfig:
             self._fail("gradient_checkpointing", self.gradient_checkpointing, "must be true or false")
         if not isinstance(self.head_dropout, (int, float)) or not 0.0 <= self.head_dropout < 1.0:
             self._fail("head_dropout", self.head_dropout, "must lie in [0, 1)")
+        if self.dropout is not None and (
+            isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1
+        ):
+            self._fail("dropout", self.dropout, "must be null (the model's own) or lie in [0, 1)")
         if not isinstance(self.model_overrides, Mapping):
             self._fail("model_overrides", self.model_overrides, "must be a mapping of config keys to values")
         return self

@@ -18,7 +18,7 @@ from cpoly.backbones.random_init import random_model, random_model_config
 from cpoly.backbones.targets import unmatched_targets
 from cpoly.backbones.tokenizers import load_tokenizer, prepare_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 @dataclass
@@ -70,6 +70,8 @@ def load_backbone(
         )
     dtype = resolve_dtype(cfg.dtype, device_supports_bf16)
     model, tokenizer = _load_weights_and_tokenizer(cfg, Path(cache_dir), dtype)
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
     tokenizer = prepare_tokenizer(tokenizer, cfg.kind, cfg.name)
     if cfg.kind == "encoder":
         with torch.random.fork_rng(devices=[]):
@@ -79,6 +81,19 @@ def load_backbone(
         _configure_generation(model, tokenizer, cfg)
     _check_targets(model, cfg)
     return Backbone(model=model, tokenizer=tokenizer, kind=cfg.kind, config=cfg)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout of `model` to `p`: nn.Dropout modules, float attributes named *dropout* on modules
+    (attention implementations read e.g. `self.attention_dropout`) and on the model's config."""
+    configs = [model.config] if hasattr(model, "config") else []
+    for holder in [*model.modules(), *configs]:
+        if isinstance(holder, nn.modules.dropout._DropoutNd):
+            holder.p = p
+            continue
+        for name, value in list(vars(holder).items()):
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                setattr(holder, name, p)
 
 
 def _load_weights_and_tokenizer(cfg: BackboneConfig, cache_dir: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:

@@ -167,12 +167,6 @@ class SkillConfig:
         return self.n_task_skills > 0 and self.task_weights == "trainable"
 
     @property
-    def has_per_task_parameters(self) -> bool:
-        """Exclusive skills with fixed weights are stored one Parameter per task: a task absent from a
-        batch leaves its Parameters without gradient, so DDP needs `find_unused_parameters=True`."""
-        return self.n_task_skills > 0 and self.task_weights == "fixed"
-
-    @property
     def needs_task_ids(self) -> bool:
         """shared_lora and moe_lora route without knowing the task."""
         return self.method not in ("shared_lora", "moe_lora")

@@ -30,8 +30,7 @@ PEFT_PREFIX = "base_model.model."
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors (and `modules_to_save`), without the frozen backbone; exclusive skills packed as
-    `<layer>.task_A` / `<layer>.task_B` however the layer stores them (`SkilledLinear.adapter_tensors`)."""
+    """Adapter tensors (and `modules_to_save`), without the frozen backbone (`SkilledLinear.adapter_tensors`)."""
     tensors: dict[str, torch.Tensor] = {}
     for layer_name, layer in skilled_layers(model):
         for name, t in layer.adapter_tensors().items():
@@ -267,7 +266,7 @@ def task_lora_factors(model: nn.Module, task: str | int) -> dict[str, tuple[torc
                 parts_a += [w[k] * layer.shared_A[0, k] for k in range(layer.n_shared)]
                 parts_b += [layer.shared_B[0, k] for k in range(layer.n_shared)]
             if layer.n_task:
-                task_A, task_B = layer.exclusive_skills()
+                task_A, task_B = layer.task_A, layer.task_B
                 w = layer.task_weights.full()[batch.ids[0].clamp(min=0)].to(task_A.device)
                 if not batch.all_known:
                     w = torch.zeros_like(w)

@@ -7,17 +7,16 @@ Tensors, in PEFT Poly's layout so its adapters import by plain copy:
 Output: h = W0 x + (alpha / r) * x A~ B~, where A~ and B~ mix the skills with each example's weights
 ("params" mixing); or the weighted sum of each skill's own x A_k B_k ("outputs" mixing).
 
-Storage of the exclusive (task) skills:
-- trainable W_B: `task_A`, `task_B` as above. Every example mixes all T*B skills, so every skill gets a
-  gradient each step (and W_B its rows of the batch's tasks): that cost grows with T by design.
-- fixed W_B: one Parameter per task, `task_A_per_task[t]` (S, B, d_in/S, r) = task_A[:, t*B:(t+1)*B]
-  and `task_B_per_task[t]`. An example reads only its own task's skills, so the tasks absent from a
-  batch are not part of the step at all: their gradient stays None, nothing is zero-filled, and
-  torch's optimizers skip them ("lazy" updates: a task's skills, their weight decay and their AdamW
-  moments move only in steps where the task is in the batch). The cost of a step does not depend on T.
-  `adapter_tensors()` presents them packed as `task_A` / `task_B`, so saved files are the same either
-  way. Under DDP absent tasks are unused parameters: `find_unused_parameters=True`
-  (`SkillConfig.has_per_task_parameters`).
+Exclusive (task) skills are stored packed, `task_A` / `task_B` above, whatever W_B is: trainable W_B mixes
+all T*B skills for every example (a matmul); fixed W_B gathers each example's own task's skills. Either
+way every skill is one slice of one Parameter, so every step gives all of them a gradient (zero for the
+skills no example used) and AdamW steps them all: the one rule of `docs/design-decisions.md`, as PEFT
+Poly and mttl step their packed tensors.
+
+Routing noise (training-mode relaxed-Bernoulli samples) is drawn from `torch.rand` unless the batch
+carries per-example noise keys (`use_tasks(..., noise_keys=...)`, as the trainer does): then each
+example's uniforms are a hash of its key, the layer's index and the element, so an example's noise is
+the same whichever process or micro-batch holds it (`cpoly.skills.router.keyed_uniforms`).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from cpoly.skills.config import SkillConfig
 from cpoly.skills.router import RoutingState, SharedAllocation, TaskBatch, TaskSkillWeights, TokenGate
 
 ADAPTABLE_TYPES = (nn.Linear, Conv1D)
-PER_TASK_PREFIXES = ("task_A_per_task.", "task_B_per_task.")
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -51,12 +49,6 @@ def _skill_pair(n_splits: int, n: int, d_in: int, d_out: int, rank: int) -> tupl
     a = torch.empty(n_splits, n, d_in // n_splits, rank).uniform_(-bound, bound)
     b = torch.zeros(n_splits, n, rank, d_out // n_splits)
     return nn.Parameter(a), nn.Parameter(b)
-
-
-def _per_task(packed: torch.Tensor, n_task_skills: int) -> nn.ParameterList:
-    """(S, T*B, ...) packed skills -> T Parameters (S, B, ...), each its own contiguous tensor."""
-    chunks = packed.detach().split(n_task_skills, dim=1)
-    return nn.ParameterList(nn.Parameter(c.clone(memory_format=torch.contiguous_format)) for c in chunks)
 
 
 def _add_scaled_product(result: torch.Tensor, left: torch.Tensor, right: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -89,17 +81,13 @@ def _add_product_(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, sc
     return out.baddbmm_(left, right.expand(left.shape[0], *right.shape[-2:]), alpha=scaling)
 
 
-def _average_skills(skills: torch.Tensor) -> torch.Tensor:
-    """Mean over the B axis (2) of (n, S, B, ...) gathered exclusive skills; a view when B = 1."""
-    return skills[:, :, 0] if skills.shape[2] == 1 else skills.mean(2)
-
-
 class SkilledLinear(nn.Module):
     """Wraps one linear layer; the wrapped layer stays frozen as `base_layer`."""
 
-    def __init__(self, base_layer: nn.Module, config: SkillConfig, routing: RoutingState) -> None:
+    def __init__(self, base_layer: nn.Module, config: SkillConfig, routing: RoutingState, index: int = 0) -> None:
         super().__init__()
         self.base_layer = base_layer
+        self.index = index  # position among the model's adapted layers: keys this layer's routing noise
         self.d_in, self.d_out = linear_shape(base_layer)
         self.config = config
         self.routing = routing
@@ -111,14 +99,10 @@ class SkilledLinear(nn.Module):
         if K:
             self.shared_A, self.shared_B = _skill_pair(S, K, self.d_in, self.d_out, r)
         if B:
-            task_A, task_B = _skill_pair(S, n_tasks * B, self.d_in, self.d_out, r)
-            if c.has_per_task_parameters:  # the same initial values, one Parameter per task (module docstring)
-                self.task_A_per_task, self.task_B_per_task = _per_task(task_A, B), _per_task(task_B, B)
-            else:
-                self.task_A, self.task_B = task_A, task_B
+            self.task_A, self.task_B = _skill_pair(S, n_tasks * B, self.d_in, self.d_out, r)
             self.task_weights = TaskSkillWeights(n_tasks, B, trainable=c.has_trainable_task_weights)
         if c.has_learned_allocation:
-            self.allocation = SharedAllocation(n_tasks, S, K, c.temperature)
+            self.allocation = SharedAllocation(n_tasks, S, K, c.temperature, layer_index=index)
         if c.method == "moe_lora":
             self.gate = TokenGate(self.d_in, K, c.temperature, c.top_k)
         self._move_to(base_layer)
@@ -150,49 +134,20 @@ class SkilledLinear(nn.Module):
     def n_task(self) -> int:
         return self.config.n_task_skills
 
-    @property
-    def per_task_skills(self) -> bool:
-        """Exclusive skills stored one Parameter per task (fixed task weights)."""
-        return self.config.has_per_task_parameters
-
     def _adapter_tensor(self) -> torch.Tensor:
         """Any adapter tensor: its dtype and device are the adapter's."""
-        if self.n_shared:
-            return self.shared_A
-        return self.task_A_per_task[0] if self.per_task_skills else self.task_A
-
-    # -- the exclusive skills, packed as saved ------------------------------------------------------
-    def exclusive_skills(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """task_A (S, T*B, d_in/S, r) and task_B (S, T*B, r, d_out/S): the Parameters themselves with
-        trainable task weights; with fixed ones a concatenated copy of the per-task Parameters (for
-        reading and saving: writes to it do not reach the Parameters, use `load_adapter_tensors`)."""
-        if self.per_task_skills:
-            with torch.no_grad():
-                return torch.cat(list(self.task_A_per_task), 1), torch.cat(list(self.task_B_per_task), 1)
-        return self.task_A, self.task_B
+        return self.shared_A if self.n_shared else self.task_A
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """The adapter's tensors by saved name (`shared_A`, `task_A`, `allocation.logits`, ...), in PEFT
-        Poly's packed layout whatever the storage; the Parameters themselves where they are stored so."""
-        tensors: dict[str, torch.Tensor] = {}
-        for name, p in self.named_parameters():
-            if name.startswith(PER_TASK_PREFIXES):  # packed in their place: the same order as before
-                if "task_A" not in tensors:
-                    tensors["task_A"], tensors["task_B"] = self.exclusive_skills()
-            elif not name.startswith("base_layer."):
-                tensors[name] = p
-        return tensors
+        """The adapter's Parameters by saved name (`shared_A`, `task_A`, `allocation.logits`, ...), in PEFT
+        Poly's packed layout."""
+        return {name: p for name, p in self.named_parameters() if not name.startswith("base_layer.")}
 
     @torch.no_grad()
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy tensors named and shaped as `adapter_tensors()` into the adapter."""
         for name, value in tensors.items():
-            if self.per_task_skills and name in ("task_A", "task_B"):
-                per_task = self.task_A_per_task if name == "task_A" else self.task_B_per_task
-                for p, chunk in zip(per_task, value.split(self.n_task, dim=1), strict=True):
-                    p.copy_(chunk)
-            else:
-                self.get_parameter(name).copy_(value)
+            self.get_parameter(name).copy_(value)
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -224,8 +179,12 @@ class SkilledLinear(nn.Module):
                 "too, or enable checkpointing with cpoly.enable_gradient_checkpointing)"
             )
         n = batch.ids.shape[0]
-        if batch_size % n:
-            raise ValueError(f"batch of {batch_size} inputs does not match the {n} task ids given to use_tasks")
+        if batch_size != n and not (self.routing.generating and batch_size % n == 0):
+            raise ValueError(
+                f"{self.config.method}: a batch of {batch_size} inputs was routed with {n} task ids: give "
+                "use_tasks one task per example (only generate() may expand the batch, by beams and returned "
+                "sequences, to a multiple of the task ids)"
+            )
         return batch.to(self._adapter_tensor().device), batch_size // n
 
     def shared_weights(self, batch: TaskBatch) -> torch.Tensor:
@@ -269,21 +228,24 @@ class SkilledLinear(nn.Module):
                 return w @ skills_a, w @ skills_b
             return torch.addmm(a, w, skills_a), torch.addmm(b, w, skills_b)
         own_a, own_b = self._own_task_skills(batch)
-        ta, tb = _average_skills(own_a).reshape(n, -1), _average_skills(own_b).reshape(n, -1)
+        ta, tb = own_a.mean(2).reshape(n, -1), own_b.mean(2).reshape(n, -1)
         if a is None:
             return ta, tb
         return a + ta, b + tb
 
     def _own_task_skills(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed weights: each example's own task's B skills, (b, S, B, d_in/S, r) and (b, S, B, r,
-        d_out/S), zeros for an unknown task. Only the batch's tasks enter the graph (no gather from a
-        T-sized tensor, whose backward would zero-fill all T tasks' gradients)."""
-        A, B = self.task_A_per_task, self.task_B_per_task
-        if batch.all_known:
-            return torch.stack([A[t] for t in batch.id_list]), torch.stack([B[t] for t in batch.id_list])
-        zero_a, zero_b = torch.zeros_like(A[0]), torch.zeros_like(B[0])
-        own_a = torch.stack([A[t] if t >= 0 else zero_a for t in batch.id_list])
-        return own_a, torch.stack([B[t] if t >= 0 else zero_b for t in batch.id_list])
+        """Fixed weights: each example's own task's B skills gathered from the packed tensors, (b, S, B,
+        d_in/S, r) and (b, S, B, r, d_out/S), zeros for an unknown task."""
+        B = self.n_task
+        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
+        columns = (ids[:, None] * B + torch.arange(B, device=ids.device)).reshape(-1)  # (b*B,)
+        own = []
+        for skills in (self.task_A, self.task_B):
+            picked = skills.index_select(1, columns).unflatten(1, (-1, B)).transpose(0, 1)  # (b, S, B, ...)
+            if not batch.all_known:
+                picked = picked * batch.known.view(-1, 1, 1, 1, 1).to(picked.dtype)
+            own.append(picked)
+        return own[0], own[1]
 
     def _output_mixed_delta(self, x3: torch.Tensor, batch: TaskBatch, repeats: int) -> torch.Tensor:
         """sum_k w_k (x A_k) B_k over shared and exclusive skills (n_splits == 1)."""

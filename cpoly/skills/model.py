@@ -8,10 +8,11 @@ included) and takes them away again on exit, also on an exception.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
@@ -79,10 +80,10 @@ def add_skills(model: nn.Module, config: SkillConfig) -> nn.Module:
             raise ValueError(f"SkillConfig.modules_to_save: no module named {name!r} in {type(model).__name__}")
     model.requires_grad_(False)
     routing = RoutingState()
-    for name in targets:
+    for index, name in enumerate(targets):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, SkilledLinear(getattr(parent, child), config, routing))
+        setattr(parent, child, SkilledLinear(getattr(parent, child), config, routing, index))
     for _, layer in skilled_layers(model):
         for pname, p in layer.named_parameters():
             p.requires_grad_(not pname.startswith("base_layer."))
@@ -90,10 +91,26 @@ def add_skills(model: nn.Module, config: SkillConfig) -> nn.Module:
         if any(name == n or name.endswith("." + n) for n in config.modules_to_save):
             module.requires_grad_(True)
     object.__setattr__(model, STATE_ATTR, SkillState(config, routing))
+    if callable(getattr(type(model), "generate", None)):
+        # a bound method (deepcopy rebinds it to the copy), so the layers know when generate() runs
+        model.generate = types.MethodType(_generate_with_routing, model)
     return model
 
 
-def task_batch(model: nn.Module, tasks: Sequence[str] | torch.Tensor | Sequence[int]) -> TaskBatch:
+def _generate_with_routing(model: nn.Module, *args, **kwargs):
+    """The model class's `generate`, during which the layers accept each task id repeated (beams and
+    returned sequences); outside it, a batch must have exactly one task id per example."""
+    routing = skill_state(model).routing
+    previous, routing.generating = routing.generating, True
+    try:
+        return type(model).generate(model, *args, **kwargs)
+    finally:
+        routing.generating = previous
+
+
+def task_batch(
+    model: nn.Module, tasks: Sequence[str] | torch.Tensor | Sequence[int], noise_keys: torch.Tensor | None = None
+) -> TaskBatch:
     """Task names or ids -> a validated `TaskBatch` (-1 marks unknown tasks when allowed)."""
     state = skill_state(model)
     config = state.config
@@ -116,16 +133,24 @@ def task_batch(model: nn.Module, tasks: Sequence[str] | torch.Tensor | Sequence[
         ids = torch.tensor([lookup.get(t, -1) for t in tasks], dtype=torch.long)
     if ids.numel() == 0:
         raise ValueError("use_tasks needs at least one task")
+    if noise_keys is not None and noise_keys.shape != ids.shape:
+        raise ValueError(f"noise_keys of shape {tuple(noise_keys.shape)}: need one key per task id, {tuple(ids.shape)}")
     device = next((p.device for _, layer in skilled_layers(model) for p in layer.parameters()), ids.device)
-    return TaskBatch(ids.to(device), all_known=bool((ids >= 0).all()), id_list=tuple(ids.tolist()))
+    keys = None if noise_keys is None else noise_keys.to(device)
+    return TaskBatch(ids.to(device), all_known=bool((ids >= 0).all()), noise_keys=keys)
 
 
 @contextlib.contextmanager
-def use_tasks(model: nn.Module, tasks: Sequence[str] | torch.Tensor) -> Iterator[nn.Module]:
-    """Route every adapted layer by `tasks` (names or ids, one per example) inside the block."""
+def use_tasks(
+    model: nn.Module, tasks: Sequence[str] | torch.Tensor, noise_keys: torch.Tensor | None = None
+) -> Iterator[nn.Module]:
+    """Route every adapted layer by `tasks` (names or ids, one per example) inside the block.
+
+    `noise_keys` (optional, one int64 per example, `cpoly.skills.router.example_noise_keys`) makes the
+    training-mode routing noise a function of each example's key instead of torch's global generator."""
     routing = skill_state(model).routing
     previous = routing.batch
-    routing.batch = task_batch(model, tasks)
+    routing.batch = task_batch(model, tasks, noise_keys)
     try:
         yield model
     finally:
@@ -153,7 +178,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     backward recomputation."""
     routing = skill_state(model).routing
     model.activation_checkpointing_enable(
-        activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": partial(_checkpoint_contexts, routing)}
+        activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": functools.partial(_checkpoint_contexts, routing)}
     )
 
 

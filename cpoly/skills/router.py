@@ -8,6 +8,9 @@
 - `TokenGate`: moe_lora's token-level softmax gate over the experts, optionally top-k.
 - `RoutingState`: the task ids of the current batch, shared by every adapted layer of a model and set
   by `use_tasks`.
+- `example_noise_keys` / `keyed_uniforms`: routing noise that belongs to the example. A counter-based
+  hash of (seed, step, the example's position in the global batch), then of (layer, element), gives
+  the same uniforms to an example whichever process or micro-batch holds it, with no generator state.
 """
 
 from __future__ import annotations
@@ -21,18 +24,48 @@ from torch import nn
 NORMALISATION_EPS = 1e-12  # as PEFT Poly: keeps an all-zero row finite
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A 32-bit integer hash (xor-shift-multiply rounds) of values in [0, 2**32): Python ints or int64
+    tensors. The multipliers are below 2**31, so no product overflows int64: the same bits on every
+    device."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _combine(key: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
+    """The hash of (key, value), elementwise (broadcasting)."""
+    return _mix32(key ^ _mix32(value & _MASK32))
+
+
+def example_noise_keys(seed: int, step: int, positions: torch.Tensor) -> torch.Tensor:
+    """One int64 key in [0, 2**32) per example, from the run's seed, the optimizer step and each example's
+    position in the step's global batch (int64 tensor): the example's noise, wherever it is computed."""
+    key = torch.full_like(positions, _mix32(seed & _MASK32))
+    return _combine(_combine(key, step), positions)
+
+
+def keyed_uniforms(keys: torch.Tensor, stream: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(len(keys), n) uniforms in (0, 1): element j of row i hashes (keys[i], stream, j). 24 random bits
+    per value, enough for float32 and below."""
+    per_stream = _combine(keys, stream)
+    bits = _combine(per_stream[:, None], torch.arange(n, device=keys.device)[None, :]) >> 8
+    return ((bits.to(torch.float64) + 0.5) * 2.0**-24).to(dtype)
+
+
 @dataclass(frozen=True)
 class TaskBatch:
-    """Task ids of a batch (-1 marks an unknown task), whether any is unknown, and the same ids as Python
-    ints (`id_list`: layers that pick per-task Parameters read it without a device sync)."""
+    """Task ids of a batch (-1 marks an unknown task), whether any is unknown, and optionally one routing
+    noise key per example (`example_noise_keys`; None: noise from torch's global generator)."""
 
     ids: torch.Tensor
     all_known: bool
-    id_list: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.id_list:
-            object.__setattr__(self, "id_list", tuple(self.ids.tolist()))
+    noise_keys: torch.Tensor | None = None
 
     @property
     def known(self) -> torch.Tensor:
@@ -41,16 +74,22 @@ class TaskBatch:
     def to(self, device: torch.device) -> TaskBatch:
         if self.ids.device == device:
             return self
-        return TaskBatch(self.ids.to(device), self.all_known, self.id_list)
+        keys = None if self.noise_keys is None else self.noise_keys.to(device)
+        return TaskBatch(self.ids.to(device), self.all_known, keys)
 
 
-def relaxed_bernoulli_sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def relaxed_bernoulli_sample(
+    logits: torch.Tensor, temperature: float, uniforms: torch.Tensor | None = None
+) -> torch.Tensor:
     """`torch.distributions.RelaxedBernoulli(temperature, logits=logits).rsample()`, written out: the same
     clamps, the same single `torch.rand` draw and bit-identical values and gradients (so PEFT Poly's
-    training-mode routing is reproduced exactly), without building a distribution object per call."""
+    training-mode routing is reproduced exactly), without building a distribution object per call.
+    `uniforms` (logits' shape) replaces the `torch.rand` draw."""
     eps = torch.finfo(logits.dtype).eps
     probs = torch.sigmoid(logits).clamp(eps, 1 - eps)
-    uniforms = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(eps, 1 - eps)
+    if uniforms is None:
+        uniforms = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device)
+    uniforms = uniforms.clamp(eps, 1 - eps)
     noisy = (uniforms.log() - (-uniforms).log1p() + probs.log() - (-probs).log1p()) / temperature
     return torch.sigmoid(noisy).clamp(torch.finfo(noisy.dtype).tiny, 1 - eps)
 
@@ -61,14 +100,16 @@ class RoutingState:
 
     def __init__(self) -> None:
         self.batch: TaskBatch | None = None
+        self.generating = False  # inside generate(): beams and returned sequences repeat each task id
 
 
 class SharedAllocation(nn.Module):
     """Task-to-skill allocation logits Z (T, S*K), init U(-1e-3, 1e-3)."""
 
-    def __init__(self, n_tasks: int, n_splits: int, n_skills: int, temperature: float) -> None:
+    def __init__(self, n_tasks: int, n_splits: int, n_skills: int, temperature: float, layer_index: int = 0) -> None:
         super().__init__()
         self.n_splits, self.n_skills, self.temperature = n_splits, n_skills, temperature
+        self.layer_index = layer_index  # the noise stream of this layer, with keyed noise
         self.logits = nn.Parameter(torch.empty(n_tasks, n_splits * n_skills))
         nn.init.uniform_(self.logits, -1e-3, 1e-3)
 
@@ -77,7 +118,10 @@ class SharedAllocation(nn.Module):
         ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
         z = self.logits[ids].view(-1, self.n_splits, self.n_skills)
         if self.training:
-            z = relaxed_bernoulli_sample(z, self.temperature)
+            uniforms = None
+            if batch.noise_keys is not None:
+                uniforms = keyed_uniforms(batch.noise_keys, self.layer_index, z[0].numel(), z.dtype).view_as(z)
+            z = relaxed_bernoulli_sample(z, self.temperature, uniforms)
         else:
             z = torch.sigmoid(z)
         if not batch.all_known:  # unknown tasks: uniform over the shared skills

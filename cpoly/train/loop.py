@@ -1,14 +1,22 @@
 """The training loop on Hugging Face Accelerate: the same code on a CPU, one GPU or several processes.
 
-One optimizer step = `grad_accum` micro-batches; each micro-batch is this process's share of a global
-multi-task batch from `MultiTaskBatchSampler`, a pure function of (seed, step), so a resumed run sees
-exactly the batches an uninterrupted run would. Evaluation runs every `eval_every` steps and at the
-end; `last/` (adapters + trainer state) is written after every evaluation, `best/` when the optimised
-metric improves.
+One optimizer step trains on one global multi-task batch from `MultiTaskBatchSampler` (a pure function
+of (seed, step), so a resumed run sees exactly the batches an uninterrupted run would), of
+`batch_size x grad_accum x processes` examples, split into `grad_accum` micro-batches per process. The
+step's result does not depend on that split:
+- the loss is the sum of the token losses of every micro-batch of every process divided by the step's
+  total number of target tokens (counted, and all-reduced, before the first forward);
+- routing noise belongs to the example: it is keyed by (seed, step, the example's position in the global
+  batch), not drawn from the process's generator;
+- dropout masks come from a generator seeded by (seed, step, process), so processes draw their own.
+Every trainable tensor is stepped every step (those no example used get a zero gradient), the rule of
+`docs/design-decisions.md`. Evaluation runs every `eval_every` steps and at the end; `last/` (adapters +
+trainer state) is written after every evaluation, `best/` when the optimised metric improves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -18,19 +26,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from cpoly.config import OptimConfig, TrainerConfig
 from cpoly.data.collate import Collator
-from cpoly.data.sampling import MultiTaskBatchSampler
+from cpoly.data.sampling import MultiTaskBatchSampler, split_global_batch
 from cpoly.skills import use_tasks
+from cpoly.skills.router import example_noise_keys
 from cpoly.train.checkpoint import restore_checkpoint, save_checkpoint
 from cpoly.train.evaluation import Evaluation
-from cpoly.train.optim import build_optimizer, build_scheduler, learning_rates, zero_grads_of_absent_task_skills
+from cpoly.train.optim import build_optimizer, build_scheduler, fill_missing_grads, learning_rates
 
 log = logging.getLogger(__name__)
+
+
+def dropout_seed(seed: int, step: int, process: int) -> int:
+    """The seed of torch's generator for one step's dropout masks on one process: a pure function of
+    (seed, step, process), so processes draw their own masks and a resumed run draws what the
+    uninterrupted one did."""
+    return int(np.random.SeedSequence([seed, step, process]).generate_state(1)[0])
 
 
 @dataclass
@@ -44,6 +61,18 @@ class LoopState:
     train_seconds: float = 0.0  # wall time of the loop so far, evaluations included (across resumes)
     step_seconds: float = 0.0  # wall time of the optimizer steps alone
     tokens: int = 0  # input + target tokens trained on, all processes
+    batch_tasks: int = 0  # distinct tasks of every global batch so far, summed
+    input_tokens: int = 0  # input tokens of every micro-batch of every process so far ...
+    padded_input_tokens: int = 0  # ... and the positions they fill once padded
+
+    def batch_mix(self) -> dict[str, float | None]:
+        """Mean distinct tasks per global batch and the inputs' padding fraction, over the steps so far."""
+        return {
+            "tasks_per_batch": round(self.batch_tasks / self.step, 3) if self.step else None,
+            "padding_fraction": round(1 - self.input_tokens / self.padded_input_tokens, 4)
+            if self.padded_input_tokens
+            else None,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -93,61 +122,77 @@ class TrainLoop:
         save_checkpoint(directory, self.unwrapped, self.optimizer.optimizer, self.scheduler, trainer_state)
 
     # -- batches ----------------------------------------------------------------------------------
-    def _micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        t = self.trainer
-        world = self.accelerator.num_processes
+    def _step_batches(self) -> Iterator[list[dict[str, torch.Tensor]]]:
+        """From the current step on, each step's micro-batches for this process (with `positions`, each
+        row's place in the global batch)."""
+        t, acc = self.trainer, self.accelerator
+        world, rank = acc.num_processes, acc.process_index
+        tasks, lengths = self.train_dataset["task_id"], self.train_dataset["length"]
         sampler = MultiTaskBatchSampler(
-            tasks=self.train_dataset["task_id"],
-            lengths=self.train_dataset["length"],
-            batch_size=t.batch_size * world,
+            tasks=tasks,
+            lengths=lengths,
+            batch_size=t.batch_size * t.grad_accum * world,
             strategy=t.task_sampling,
             temperature=t.sampling_temperature,
             seed=self.seed,
             group_by_length=t.group_by_length,
-            num_replicas=world,
-            rank=self.accelerator.process_index,
+            min_task_mix=t.min_task_mix,
         )
-        start = self.state.step * t.grad_accum
+        tasks, lengths = np.asarray(tasks), np.asarray(lengths)
         if t.overfit_batches:  # the first few batches, over and over
-            first = list(itertools.islice(iter(sampler), t.overfit_batches))
-            stream = (first[i % len(first)] for i in itertools.count(start))
+            first = list(itertools.islice(sampler.global_batches(), t.overfit_batches))
+            stream = (first[i % len(first)] for i in itertools.count(self.state.step))
         else:
-            sampler.start_step = start
-            stream = iter(sampler)
-        for indices in stream:
-            yield {k: v.to(self.accelerator.device) for k, v in self.collator(self.train_dataset[indices]).items()}
+            stream = sampler.global_batches(self.state.step)
+        for global_batch in stream:
+            self.state.batch_tasks += len(np.unique(tasks[global_batch]))
+            for r in range(world):  # padding as every process pads its micro-batches
+                for _, rows in split_global_batch(global_batch, t.grad_accum, world, r):
+                    self.state.input_tokens += int(lengths[rows].sum())
+                    self.state.padded_input_tokens += int(lengths[rows].max()) * len(rows)
+            micro = []
+            for positions, rows in split_global_batch(global_batch, t.grad_accum, world, rank):
+                batch = self.collator(self.train_dataset[rows.tolist()])
+                batch["positions"] = torch.from_numpy(positions)
+                micro.append({k: v.to(acc.device) for k, v in batch.items()})
+            yield micro
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss to backpropagate, summed loss and count of what it sums, for the logs).
+    def _n_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the loss sums over: target tokens (examples, for encoders)."""
+        labels = batch["labels"]
+        if self.kind == "encoder":
+            return torch.tensor(labels.shape[0], device=labels.device)
+        if self.kind == "causal":  # position t predicts token t + 1: the first label predicts nothing
+            labels = labels[:, 1:]
+        return (labels != -100).sum()
 
-        Token losses are summed and divided by the number of target tokens over all processes (times
-        the number of processes, which DDP's gradient averaging divides out again), so a data-parallel
-        step takes the same gradient as one process on the whole global batch."""
+    def _summed_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sum of the token (example, for encoders) losses of one micro-batch."""
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         labels = batch["labels"]
         if self.kind == "encoder":
-            with self.accelerator.autocast():
-                loss = self.model(**inputs, task_ids=batch["task_ids"], labels=labels).loss
-            n = torch.tensor(float(labels.shape[0]), device=loss.device)
-            return loss, loss.detach() * n, n
-        if self.kind == "seq2seq":
+            inputs["task_ids"] = batch["task_ids"]
+        elif self.kind == "seq2seq":
             inputs["decoder_input_ids"] = self.unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
         with self.accelerator.autocast():
             logits = self.model(**inputs).logits
         if self.kind == "causal":  # position t predicts token t + 1 (shift the labels: no copy of the logits)
             labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-        token_losses = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
         )
-        n_tokens = (labels != -100).sum()
-        n_global = self.accelerator.reduce(n_tokens.float(), reduction="sum").clamp(min=1)
-        loss = token_losses * self.accelerator.num_processes / n_global
-        return loss, token_losses.detach(), n_tokens.float()
+
+    def _zeros(self) -> torch.Tensor:
+        """A logging accumulator: float64 where the device has it, so the logged loss does not depend on
+        how many micro-batches were summed."""
+        dtype = torch.float32 if self.accelerator.device.type == "mps" else torch.float64
+        return torch.zeros((), dtype=dtype, device=self.accelerator.device)
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> LoopState:
         t, acc = self.trainer, self.accelerator
-        batches = self._micro_batches()
         bar = tqdm(
             total=t.max_steps,
             initial=self.state.step,
@@ -155,28 +200,37 @@ class TrainLoop:
             dynamic_ncols=True,
             disable=not (t.progress_bar and acc.is_main_process),
         )
-        window_loss, window_n = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+        window_loss, window_n = self._zeros(), self._zeros()
         started = time.perf_counter() - self.state.train_seconds
+        batches = self._step_batches()
         while self.state.step < t.max_steps:
             self.model.train()
             step_start = time.perf_counter()
-            for _ in range(t.grad_accum):
-                batch = next(batches)
+            micro_batches = next(batches)
+            counts = [self._n_targets(b) for b in micro_batches]
+            # the step's loss: every target token of every micro-batch and process, over their total (DDP
+            # averages gradients over processes, hence the factor)
+            n_step = acc.reduce(torch.stack(counts).sum().float(), reduction="sum").clamp(min=1)
+            scale = acc.num_processes / n_step
+            torch.manual_seed(dropout_seed(self.seed, self.state.step, acc.process_index))
+            for i, batch in enumerate(micro_batches):
                 self._pending_tokens += batch["attention_mask"].sum()
                 if self.kind == "seq2seq":  # the decoder's tokens; causal targets are inside input_ids
                     self._pending_tokens += (batch["labels"] != -100).sum()
-                with acc.accumulate(self.model), use_tasks(self.unwrapped, batch["task_ids"]):
-                    loss, loss_sum, loss_count = self._loss(batch)
+                keys = example_noise_keys(self.seed, self.state.step, batch["positions"])
+                last = i == len(micro_batches) - 1
+                sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
+                with sync, use_tasks(self.unwrapped, batch["task_ids"], noise_keys=keys):
+                    loss_sum = self._summed_loss(batch)
                     # backward inside use_tasks: checkpointed layers recompute with the same tasks
-                    acc.backward(loss)
-                    if acc.sync_gradients and t.max_grad_norm:
-                        acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
-                    if acc.sync_gradients and self.optim.task_skill_updates == "dense":
-                        zero_grads_of_absent_task_skills(self.unwrapped)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                window_loss += loss_sum
-                window_n += loss_count
+                    acc.backward(loss_sum * scale)
+                window_loss += loss_sum.detach()
+                window_n += counts[i]
+            fill_missing_grads(self.optimizer)
+            if t.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.state.step_seconds += time.perf_counter() - step_start
             self.state.step += 1
@@ -194,7 +248,7 @@ class TrainLoop:
                     {"loss": f"{mean_loss:.4f}"}
                     | {k.removeprefix("train/"): f"{v:.1e}" for k, v in learning_rates(self.optimizer).items()}
                 )
-                window_loss, window_n = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+                window_loss, window_n = self._zeros(), self._zeros()
             bar.update(1)
             if step % t.eval_every == 0 or step == t.max_steps:
                 self._evaluate_and_checkpoint(step)

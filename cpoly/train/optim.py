@@ -1,4 +1,4 @@
-"""AdamW with two parameter groups (adapters, routers) and a warmup + decay schedule."""
+"""AdamW with three parameter groups (adapters, routers, task-skill weights) and a warmup + decay schedule."""
 
 from __future__ import annotations
 
@@ -45,15 +45,15 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(parameter_groups(model, optim), betas=tuple(optim.betas), eps=optim.eps, fused=True)
 
 
-def zero_grads_of_absent_task_skills(model: nn.Module) -> None:
-    """`optim.task_skill_updates=dense`: exclusive skills stored one Parameter per task (fixed task
-    weights) whose task was not in the step get a zero gradient, so the optimizer steps them as it
-    steps a packed (S, T*B, ...) tensor: AdamW's moments keep moving them and weight decay applies."""
-    for _, layer in skilled_layers(model):
-        if layer.per_task_skills:
-            for p in (*layer.task_A_per_task, *layer.task_B_per_task):
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
+def fill_missing_grads(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter the step did not reach (an absent task's encoder head, say) a zero gradient,
+    so AdamW steps every trainable tensor every step: absent tasks' slices of the packed skills, Z and
+    W_B get zero gradients from autograd already, and their moments move them the same way (the rule of
+    `docs/design-decisions.md`, as PEFT Poly and mttl step their packed tensors)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int):
