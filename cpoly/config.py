@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from cpoly.backbones.config import BackboneConfig
+from cpoly.backbones.config import BackboneConfig, BackboneConfigError
 from cpoly.data.jsonl import JsonlConfig
 from cpoly.data.superglue import SuperGLUEConfig
 from cpoly.data.superni import SuperNIConfig
@@ -192,7 +192,10 @@ def check_config(cfg: DictConfig) -> None:
     method: MethodConfig = to_object(cfg.method)
     optim: OptimConfig = to_object(cfg.optim)
     trainer: TrainerConfig = to_object(cfg.trainer)
-    backbone = BackboneConfig.from_any(cfg.backbone).validate()
+    try:
+        backbone = BackboneConfig.from_any(cfg.backbone).validate()
+    except BackboneConfigError as e:
+        raise ConfigError(str(e)) from None
     try:
         skill = method.skill_config(["_check_"], backbone.target_modules)
     except SkillConfigError as e:

@@ -100,14 +100,14 @@ def test_shared_lora_equals_peft_lora():
             peft_layer.lora_A["default"].weight.copy_(layer.shared_A[0, 0].T)
             peft_layer.lora_B["default"].weight.copy_(layer.shared_B[0, 0].T)
     batch = t5_batch()
-    torch.testing.assert_close(forward(ours, batch), lora(**batch).logits, atol=1e-6, rtol=0)
+    # fp32 rounding: the delta is added into the base output in one fused matmul, PEFT adds it after
+    torch.testing.assert_close(forward(ours, batch), lora(**batch).logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mixing", ["params", "outputs"])
 def test_fixed_task_weights_isolate_tasks(mixing):
-    """With fixed task weights an example of task t ignores other tasks' exclusive skills, and only
-    its own exclusive skill receives gradient: the other tasks' skills (one Parameter per task) are not
-    part of the step at all, their gradient stays None."""
+    """With fixed task weights an example of task t ignores other tasks' exclusive skills, and only its
+    own exclusive skill receives a non-zero gradient (the others' is zero: every skill is stepped)."""
     config = SkillConfig(method="cpoly", task_names=TASKS, task_weights="fixed", mixing=mixing)
     model = add_skills(tiny_t5(), config)
     randomize_adapters(model)
@@ -116,20 +116,17 @@ def test_fixed_task_weights_isolate_tasks(mixing):
     other_before = forward(model, batch, ["task_a"])
     with torch.no_grad():
         for _, layer in skilled_layers(model):
-            for t in (0, 2):
-                layer.task_A_per_task[t].add_(torch.randn_like(layer.task_A_per_task[t]))
-                layer.task_B_per_task[t].add_(torch.randn_like(layer.task_B_per_task[t]))
+            for skills in (layer.task_A, layer.task_B):
+                skills[:, [0, 2]] += torch.randn_like(skills[:, [0, 2]])
     torch.testing.assert_close(forward(model, batch, ["task_b"]), before, atol=0, rtol=0)
     assert (forward(model, batch, ["task_a"]) - other_before).abs().max() > 1e-3  # the edit was real
     model.train()
     with use_tasks(model, ["task_b"]):
         model(**batch).loss.backward()
     for _, layer in skilled_layers(model):
-        for per_task in (layer.task_A_per_task, layer.task_B_per_task):
-            assert per_task[0].grad is None and per_task[2].grad is None
-        packed_grad_b = torch.cat([torch.zeros_like(p) if p.grad is None else p.grad for p in layer.task_B_per_task], 1)
-        assert packed_grad_b[:, [0, 2]].abs().max() == 0
-        assert packed_grad_b[:, 1].abs().max() > 0
+        for skills in (layer.task_A, layer.task_B):
+            assert skills.grad[:, [0, 2]].abs().max() == 0
+        assert layer.task_B.grad[:, 1].abs().max() > 0
 
 
 def test_trainable_task_weights_start_as_identity_and_learn_off_diagonal():
@@ -175,7 +172,7 @@ def test_task_ids_are_required_and_removed_after_the_context():
         with use_tasks(model, BATCH_TASKS):
             raise KeyError("boom")
     assert model.cpoly_skills.routing.batch is None
-    with pytest.raises(ValueError, match="does not match the 2 task ids"):
+    with pytest.raises(ValueError, match="a batch of 3 inputs was routed with 2 task ids"):
         with use_tasks(model, ["task_a", "task_b"]):
             model(**t5_batch())
     with pytest.raises(ValueError, match="out of range"):
@@ -184,6 +181,23 @@ def test_task_ids_are_required_and_removed_after_the_context():
     # task-agnostic methods need no task ids
     shared = add_skills(tiny_t5(), SkillConfig(method="shared_lora", task_names=TASKS))
     shared(**t5_batch())
+
+
+def test_half_as_many_task_ids_as_examples_is_an_error_outside_generate():
+    """b/2 task ids for b examples used to route pairs of examples to one task in silence; only
+    generate() expands a batch (beams, returned sequences) to a multiple of its task ids."""
+    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    batch = {k: torch.cat([v, v[:1]]) for k, v in t5_batch().items()}  # 4 examples
+    with pytest.raises(ValueError, match="a batch of 4 inputs was routed with 2 task ids"):
+        with use_tasks(model, ["task_a", "task_b"]):
+            model(**batch)
+    inputs = {"input_ids": batch["input_ids"][:2], "attention_mask": batch["attention_mask"][:2]}
+    with use_tasks(model, ["task_a", "task_b"]):
+        out = model.generate(**inputs, num_beams=2, num_return_sequences=2, max_new_tokens=3)
+    assert out.shape[0] == 4 and not model.cpoly_skills.routing.generating
+    copied = copy.deepcopy(model)  # the generate() hook follows the copy
+    with use_tasks(copied, ["task_a", "task_b"]):
+        copied.generate(**inputs, num_beams=2, max_new_tokens=3)
 
 
 def test_target_modules_by_regex_and_no_match_error():

@@ -1,6 +1,7 @@
-"""How the layer stores and computes its skills: per-task exclusive skills with fixed task weights (the
-same results as the packed layout, lazy optimizer updates, the packed layout on disk) and the fused
-output paths against the formulas of DESIGN.md section 2."""
+"""How the layer stores and steps its skills: one packed storage of exclusive skills whatever W_B is
+(fixed W_B gathers a task's own skills and computes what trainable W_B at the identity does), the one
+optimiser rule for absent tasks (every trainable tensor is stepped every step), and the fused output
+paths against the formulas of DESIGN.md section 2."""
 
 from __future__ import annotations
 
@@ -9,20 +10,11 @@ import copy
 import pytest
 import torch
 from helpers.tiny_models import TASKS, randomize_adapters, t5_batch, tiny_t5
-from safetensors.torch import load_file
 
-from cpoly import (
-    SkillConfig,
-    add_skills,
-    count_parameters,
-    enable_gradient_checkpointing,
-    load_skills,
-    save_skills,
-    use_tasks,
-)
+from cpoly import SkillConfig, add_skills, enable_gradient_checkpointing, use_tasks
 from cpoly.config import OptimConfig
 from cpoly.skills import skilled_layers
-from cpoly.train.optim import build_optimizer, zero_grads_of_absent_task_skills
+from cpoly.train.optim import build_optimizer, fill_missing_grads
 
 ABSENT = ["task_a", "task_c", "task_a"]  # task_b sits this batch out
 
@@ -38,103 +30,102 @@ def _loss(model, tasks, batch=None):
     return loss
 
 
-def test_per_task_storage_computes_what_the_packed_layout_does():
-    """A fixed-weights model (one Parameter per task) and a trainable-weights model (packed tensors) at
-    W_B = identity with the same skills: the same outputs, and the same gradients, where a task absent
-    from the batch has gradient None instead of zeros."""
+def _fixed_and_identity_trainable(n_task_skills: int = 1):
+    """A fixed-W_B model and a trainable-W_B model whose W_B is frozen at its identity init, with the
+    same (random) adapters."""
     base = tiny_t5()
-    packed = add_skills(copy.deepcopy(base), SkillConfig(method="cpoly", task_names=TASKS))
-    randomize_adapters(packed)
-    per_task = add_skills(copy.deepcopy(base), _fixed())
-    for (_, dense), (_, lazy) in zip(skilled_layers(packed), skilled_layers(per_task), strict=True):
-        dense.task_weights.weight.data.copy_(dense.task_weights.initial_weight())
-        lazy.load_adapter_tensors({k: v for k, v in dense.adapter_tensors().items() if k != "task_weights.weight"})
+    fixed = add_skills(copy.deepcopy(base), _fixed(n_task_skills=n_task_skills))
+    randomize_adapters(fixed)
+    trainable = add_skills(
+        copy.deepcopy(base), SkillConfig(method="cpoly", task_names=TASKS, n_task_skills=n_task_skills)
+    )
+    for (_, t), (_, f) in zip(skilled_layers(trainable), skilled_layers(fixed), strict=True):
+        t.load_adapter_tensors(f.adapter_tensors())
+        t.task_weights.weight.data.copy_(t.task_weights.initial_weight())
+        t.task_weights.weight.requires_grad_(False)
+    return fixed, trainable
+
+
+@pytest.mark.parametrize("n_task_skills", [1, 2])
+def test_fixed_task_weights_compute_what_identity_weights_do(n_task_skills):
+    """Gathering each example's own task's skills equals mixing all of them with W_B = identity: the same
+    outputs (train and eval mode, same noise) and the same gradients, zeros for the absent task."""
+    fixed, trainable = _fixed_and_identity_trainable(n_task_skills)
     batch = t5_batch()
     for mode in ("eval", "train"):
-        getattr(packed, mode)(), getattr(per_task, mode)()
-        torch.manual_seed(3)
-        with use_tasks(packed, ABSENT):
-            expected = packed(**batch).logits
-        torch.manual_seed(3)
-        with use_tasks(per_task, ABSENT):
-            actual = per_task(**batch).logits
-        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
-    torch.manual_seed(4)
-    _loss(packed, ABSENT, batch)
-    torch.manual_seed(4)
-    _loss(per_task, ABSENT, batch)
-    for (_, dense), (_, lazy) in zip(skilled_layers(packed), skilled_layers(per_task), strict=True):
-        for name in ("shared_A", "shared_B", "allocation.logits"):
-            torch.testing.assert_close(lazy.get_parameter(name).grad, dense.get_parameter(name).grad, atol=1e-6, rtol=0)
-        for dense_grad, params in (
-            (dense.task_A.grad, lazy.task_A_per_task),
-            (dense.task_B.grad, lazy.task_B_per_task),
-        ):
-            assert params[1].grad is None and dense_grad[:, 1].abs().max() == 0
-            for t in (0, 2):
-                torch.testing.assert_close(params[t].grad, dense_grad[:, t : t + 1], atol=1e-6, rtol=0)
+        getattr(fixed, mode)(), getattr(trainable, mode)()
+        outputs = []
+        for model in (fixed, trainable):
+            torch.manual_seed(3)
+            with use_tasks(model, ABSENT):
+                outputs.append(model(**batch).logits)
+        torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    for model in (fixed, trainable):
+        torch.manual_seed(4)
+        _loss(model, ABSENT, batch)
+    absent = slice(n_task_skills, 2 * n_task_skills)  # task_b's columns
+    for (_, f), (_, t) in zip(skilled_layers(fixed), skilled_layers(trainable), strict=True):
+        for name in ("shared_A", "shared_B", "allocation.logits", "task_A", "task_B"):
+            torch.testing.assert_close(f.get_parameter(name).grad, t.get_parameter(name).grad, atol=1e-6, rtol=0)
+        assert f.task_A.grad[:, absent].abs().max() == 0 and f.task_B.grad[:, absent].abs().max() == 0
 
 
-def test_a_task_absent_from_a_step_keeps_its_skills_and_optimizer_state():
-    """Lazy updates with the trainer's AdamW (weight decay on): only the tasks of a batch move their
-    exclusive skills and AdamW moments; an absent task's skills are not decayed either."""
-    model = add_skills(tiny_t5(), _fixed(n_task_skills=2))
-    randomize_adapters(model)
-    model.train()
-    optimizer = build_optimizer(model, OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1))
-    layer = next(layer for _, layer in skilled_layers(model))
-    skills = lambda t: (layer.task_A_per_task[t], layer.task_B_per_task[t])  # noqa: E731
-    start = [[p.detach().clone() for p in skills(t)] for t in range(3)]
-
-    def step(tasks):
-        _loss(model, tasks)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step(["task_a", "task_b", "task_a"])
-    for p, before in zip(skills(2), start[2], strict=True):  # task_c: never in a batch
-        assert torch.equal(p, before) and p not in optimizer.state
-    after_first = [[p.detach().clone() for p in skills(t)] for t in range(3)]
-    state_b = [{k: v.clone() for k, v in optimizer.state[p].items()} for p in skills(1)]
-    step(["task_a", "task_a", "task_a"])
-    for p, before, state in zip(skills(1), after_first[1], state_b, strict=True):  # task_b: absent now
-        assert torch.equal(p, before)
-        assert all(torch.equal(optimizer.state[p][k], v) for k, v in state.items())
-    for p, before in zip(skills(0), after_first[0], strict=True):  # task_a: in both batches
-        assert not torch.equal(p, before) and int(optimizer.state[p]["step"]) == 2
-    shared_state = optimizer.state[layer.shared_A]
-    assert int(shared_state["step"]) == 2  # shared skills update every step, as before
-
-
-def test_dense_task_skill_updates_step_absent_tasks_as_a_packed_tensor():
-    """optim.task_skill_updates=dense: an absent task's skills get a zero gradient, so AdamW steps them as
-    PEFT Poly steps its packed tensor: the same values as a packed-storage model under the same steps."""
-    base = tiny_t5()
-    per_task = add_skills(copy.deepcopy(base), _fixed())
-    randomize_adapters(per_task)
-    packed = add_skills(copy.deepcopy(base), SkillConfig(method="cpoly", task_names=TASKS))
-    for (_, dense), (_, lazy) in zip(skilled_layers(packed), skilled_layers(per_task), strict=True):
-        dense.load_adapter_tensors({**lazy.adapter_tensors(), "task_weights.weight": dense.task_weights.weight})
-        dense.task_weights.weight.requires_grad_(False)  # W_B fixed at the identity in both
-    optim = OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1, task_skill_updates="dense")
-    optimizers = {id(m): build_optimizer(m, optim) for m in (packed, per_task)}
+def test_absent_tasks_follow_one_rule_whatever_the_storage():
+    """The trainer's optimiser (AdamW with weight decay, `fill_missing_grads`) steps every trainable tensor
+    every step: an absent task's skills keep moving under AdamW's moments and weight decay, the same
+    for fixed W_B and for trainable W_B (here frozen at the identity, so the two are one function)."""
+    fixed, trainable = _fixed_and_identity_trainable()
+    optim = OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1)
+    optimizers = [build_optimizer(m, optim) for m in (fixed, trainable)]
+    layer = next(layer for _, layer in skilled_layers(fixed))
+    history = []
     for tasks in (["task_a", "task_b", "task_a"], ["task_a", "task_a", "task_a"]):  # task_c never, task_b once
-        for model in (packed, per_task):
+        for model, optimizer in zip((fixed, trainable), optimizers, strict=True):
             model.train()
             torch.manual_seed(5)
             _loss(model, tasks)
-            if model is per_task:
-                zero_grads_of_absent_task_skills(model)
-            optimizers[id(model)].step()
-            optimizers[id(model)].zero_grad(set_to_none=True)
-    for (_, dense), (_, lazy) in zip(skilled_layers(packed), skilled_layers(per_task), strict=True):
-        for name in ("task_A", "task_B", "shared_A", "allocation.logits"):
-            torch.testing.assert_close(lazy.adapter_tensors()[name], dense.adapter_tensors()[name], atol=1e-6, rtol=0)
-    layer = next(layer for _, layer in skilled_layers(per_task))
-    assert int(optimizers[id(per_task)].state[layer.task_A_per_task[2]]["step"]) == 2  # task_c stepped too
+            fill_missing_grads(optimizer)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        history.append(layer.task_B.detach().clone())
+    for (_, f), (_, t) in zip(skilled_layers(fixed), skilled_layers(trainable), strict=True):
+        for name in ("task_A", "task_B", "shared_A", "shared_B", "allocation.logits"):
+            torch.testing.assert_close(f.get_parameter(name), t.get_parameter(name), atol=1e-6, rtol=0)
+    # task_b was absent from the second step and still moved (momentum); task_c, never present, decayed
+    assert not torch.equal(history[1][:, 1], history[0][:, 1])
+    assert layer.task_A.abs().sum() > 0 and int(optimizers[0].state[layer.task_A]["step"]) == 2
 
 
-def test_gradient_checkpointing_with_per_task_skills():
+def test_trainable_task_weights_rows_of_absent_tasks_are_stepped_too():
+    """W_B's row of an absent task has a zero gradient and is stepped by AdamW's moments, as the
+    allocation logits' rows are: the same rule as the skills."""
+    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    randomize_adapters(model)
+    model.train()
+    optimizer = build_optimizer(model, OptimConfig(name="adamw", lr=1e-2))
+    layer = next(layer for _, layer in skilled_layers(model))
+    rows = []
+    for tasks in (["task_b", "task_b", "task_b"], ["task_a", "task_a", "task_a"]):
+        _loss(model, tasks)
+        fill_missing_grads(optimizer)
+        if tasks[0] == "task_a":
+            assert layer.task_weights.weight.grad[1].abs().max() == 0  # task_b's row: absent now
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        rows.append(layer.task_weights.weight[1].detach().clone())
+    assert not torch.equal(rows[0], rows[1])
+
+
+def test_missing_gradients_become_zeros():
+    """What no example reached (an absent task's encoder head) gets a zero gradient, so it is stepped."""
+    used, unused = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.AdamW([used, unused], lr=0.1)
+    used.sum().backward()
+    fill_missing_grads(optimizer)
+    assert torch.equal(unused.grad, torch.zeros(2)) and torch.equal(used.grad, torch.ones(2))
+
+
+def test_gradient_checkpointing_with_fixed_task_weights():
     base = add_skills(tiny_t5(), _fixed())
     randomize_adapters(base)
     base.train()
@@ -147,38 +138,7 @@ def test_gradient_checkpointing_with_per_task_skills():
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
-        if grad is None:  # task_b's skills
-            assert ".task_A_per_task.1" in name or ".task_B_per_task.1" in name
-            assert grads[1][name] is None
-        else:
-            torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
-
-
-def test_per_task_skills_are_saved_packed(tmp_path):
-    """Files hold `<layer>.task_A` (S, T*B, d_in/S, r) as with trainable weights; loading restores the
-    per-task Parameters exactly, and the parameter counts are those of the packed tensors."""
-    config = _fixed(n_task_skills=2, n_splits=2)
-    model = add_skills(tiny_t5(), config)
-    randomize_adapters(model)
-    save_skills(model, tmp_path)
-    tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
-    d, r, n_layers = 32, config.rank, sum(1 for _ in skilled_layers(model))
-    for name, layer in skilled_layers(model):
-        assert f"{name}.task_A_per_task.0" not in tensors
-        packed_a, packed_b = tensors[f"{name}.task_A"], tensors[f"{name}.task_B"]
-        assert packed_a.shape == (2, 3 * 2, d // 2, r) and packed_b.shape == (2, 3 * 2, r, d // 2)
-        for t in range(3):
-            assert torch.equal(packed_a[:, 2 * t : 2 * t + 2], layer.task_A_per_task[t])
-            assert torch.equal(packed_b[:, 2 * t : 2 * t + 2], layer.task_B_per_task[t])
-    loaded = load_skills(tiny_t5(), tmp_path)
-    for (_, a), (_, b) in zip(skilled_layers(model), skilled_layers(loaded), strict=True):
-        for p, q in zip(
-            [*a.task_A_per_task, *a.task_B_per_task], [*b.task_A_per_task, *b.task_B_per_task], strict=True
-        ):
-            assert torch.equal(p, q)
-    counts = count_parameters(model)
-    assert counts["task_skills"] == n_layers * 3 * 2 * r * (d + d)
-    assert counts["router"] == n_layers * 3 * 2 * config.n_skills  # allocation logits only: W_B is fixed
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def _reference_delta(layer, x, task: int):
@@ -192,7 +152,7 @@ def _reference_delta(layer, x, task: int):
         a = a + torch.einsum("qk,qkdr->qdr", w, layer.shared_A)
         b = b + torch.einsum("qk,qkro->qro", w, layer.shared_B)
     if c.n_task_skills:
-        task_A, task_B = layer.exclusive_skills()
+        task_A, task_B = layer.task_A, layer.task_B
         w = layer.task_weights.full()[task]  # (T*B,)
         a = a + torch.einsum("j,qjdr->qdr", w, task_A)
         b = b + torch.einsum("j,qjro->qro", w, task_B)

@@ -4,11 +4,10 @@ job among others and a misspelled override (the 2-process run is in test_batch_s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-import pytest
+from helpers.compose import REPO_ROOT
 from helpers.entrypoint import train_py
 
 SMALL = ["debug=smoke", "benchmark.n_tasks=3", "benchmark.n_train_per_task=24", "benchmark.n_eval_per_task=4"]

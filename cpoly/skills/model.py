@@ -178,7 +178,10 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     backward recomputation."""
     routing = skill_state(model).routing
     model.activation_checkpointing_enable(
-        activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": functools.partial(_checkpoint_contexts, routing)}
+        activation_checkpointing_kwargs={
+            "use_reentrant": False,
+            "context_fn": functools.partial(_checkpoint_contexts, routing),
+        }
     )
 
 
