@@ -2,14 +2,18 @@
 
 1. launch -> first training step, with an empty tokenisation cache (cold) and with the cache the cold run
    left (warm), each a fresh `python train.py` process; the warm/cold ratio is what the cache buys;
-2. the padding fraction of training batches with and without length grouping (same sampler otherwise).
+2. the training batches with and without length grouping (same sampler otherwise), at batch sizes 8
+   and 32: the mean number of distinct tasks per batch (against the exact expectation for random
+   batches) and the padding fraction of the inputs.
 
     CPOLY_DATA_DIR=../shared/data python benchmarks/data_speed.py [--repeats 2] [--batches 500]
+    CPOLY_DATA_DIR=../shared/data python benchmarks/data_speed.py --repeats 0   # the batches only
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -56,13 +60,14 @@ def launch_to_first_step(cache_dir: Path, output_dir: Path) -> float:
     return first_step - start
 
 
-def padding_fractions(cache_dir: Path, n_batches: int, batch_size: int) -> tuple[float, float]:
+def batch_mix(cache_dir: Path, n_batches: int, batch_sizes: list[int]) -> dict[tuple[int, bool], tuple[float, float]]:
+    """(distinct tasks per batch, padding fraction) for each batch size, without and with grouping."""
     from hydra import compose, initialize_config_dir
 
     from cpoly.backbones import load_backbone
     from cpoly.config import register_configs
     from cpoly.data import load_benchmark
-    from cpoly.data.sampling import MultiTaskBatchSampler, padding_fraction
+    from cpoly.data.sampling import MultiTaskBatchSampler, distinct_tasks, padding_fraction
     from cpoly.data.tokenize import tokenize_examples
 
     register_configs()
@@ -80,21 +85,27 @@ def padding_fractions(cache_dir: Path, n_batches: int, batch_size: int) -> tuple
         cache_dir=cache_dir / "tokenized",
     )
     tasks, lengths = split.dataset["task_id"], split.dataset["length"]
-    fractions = []
-    for grouped in (False, True):
-        sampler = MultiTaskBatchSampler(
-            tasks=tasks, lengths=lengths, batch_size=batch_size, group_by_length=grouped, seed=1
-        )
-        batches = [b for b, _ in zip(sampler, range(n_batches), strict=False)]
-        fractions.append(padding_fraction(batches, lengths))
-    return fractions[0], fractions[1]
+    results = {}
+    for batch_size in batch_sizes:
+        for grouped in (False, True):
+            sampler = MultiTaskBatchSampler(
+                tasks=tasks,
+                lengths=lengths,
+                batch_size=batch_size,
+                group_by_length=grouped,
+                min_task_mix=cfg.trainer.min_task_mix,
+                seed=1,
+            )
+            batches = list(itertools.islice(sampler.global_batches(), n_batches))
+            results[batch_size, grouped] = (distinct_tasks(batches, tasks), padding_fraction(batches, lengths))
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2, help="cold/warm pairs")
+    parser.add_argument("--repeats", type=int, default=2, help="cold/warm pairs (0: only the batches)")
     parser.add_argument("--batches", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
     args = parser.parse_args()
     if not os.environ.get("CPOLY_DATA_DIR"):
         shared = ROOT.parent / "shared" / "data"
@@ -106,15 +117,23 @@ def main() -> None:
             cache = Path(scratch) / f"cache{i}"
             cold.append(launch_to_first_step(cache, Path(scratch) / f"cold{i}"))
             warm.append(launch_to_first_step(cache, Path(scratch) / f"warm{i}"))
-        no_grouping, grouping = padding_fractions(Path(scratch) / "cache0", args.batches, args.batch_size)
-    c, w = statistics.median(cold), statistics.median(warm)
+        mix = batch_mix(Path(scratch) / "cache0", args.batches, args.batch_sizes)
     print("SuperNI 100 tasks x 1,100 instances, tiny_t5 (bytes, source <= 1024, target <= 128)")
-    print(f"launch -> first training step, cold cache: {c:6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in cold)})")
-    print(f"launch -> first training step, warm cache: {w:6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in warm)})")
-    print(f"warm / cold = {w / c:.3f}")
-    print(f"padding fraction of {args.batches} training batches of {args.batch_size}:")
-    print(f"  without length grouping: {no_grouping:.3f}")
-    print(f"  with length grouping:    {grouping:.3f}   (ratio {grouping / no_grouping:.3f})")
+    if args.repeats:
+        c, w = statistics.median(cold), statistics.median(warm)
+        print(f"launch -> first training step, cold cache: {c:6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in cold)})")
+        print(f"launch -> first training step, warm cache: {w:6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in warm)})")
+        print(f"warm / cold = {w / c:.3f}")
+    print(f"{args.batches} training batches per row (trainer.min_task_mix as configured):")
+    print(f"  {'batch':>5s} {'grouping':>8s} {'tasks/batch':>11s} {'x random':>8s} {'padding':>8s} {'x random':>8s}")
+    for batch_size in args.batch_sizes:
+        random_tasks, random_padding = mix[batch_size, False]
+        for grouped in (False, True):
+            tasks, padding = mix[batch_size, grouped]
+            print(
+                f"  {batch_size:5d} {'on' if grouped else 'off':>8s} {tasks:11.2f} {tasks / random_tasks:8.3f} "
+                f"{padding:8.3f} {padding / random_padding:8.3f}"
+            )
 
 
 if __name__ == "__main__":

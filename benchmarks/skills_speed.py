@@ -7,9 +7,9 @@ interleave the variants so machine noise hits all alike, and
 the table reports medians and ratios to PEFT LoRA r=8 measured in the same process.
 
 Memory: on CUDA the peak allocated memory of a step; on CPU the bytes a step keeps for backward
-(saved activations, counted once per storage) plus trainable parameters, gradients and AdamW state
-(all of them: with fixed task weights a step has gradients for its batch's tasks only, and AdamW state
-grows to all tasks as they are seen).
+(saved activations, counted once per storage) plus trainable parameters, gradients and AdamW state.
+As in the trainer, every trainable tensor is stepped every step (`fill_missing_grads`), so the
+exclusive skills of all T tasks are part of every AdamW step.
 
     python benchmarks/skills_speed.py [--rounds 7] [--device cpu|cuda] [--threads 2]
 """
@@ -27,7 +27,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from cpoly import SkillConfig, add_skills, use_tasks
-from cpoly.train.optim import zero_grads_of_absent_task_skills
+from cpoly.train.optim import fill_missing_grads
 
 
 @dataclass
@@ -64,12 +64,11 @@ def make_batch(n_tasks: int, device: str, generator: torch.Generator) -> tuple[d
     return {k: v.to(device) for k, v in batch.items()}, task_ids.to(device)
 
 
-def training_step(model, optimizer, batch, route: Callable[[], object], dense_task_skills: bool = False) -> None:
+def training_step(model, optimizer, batch, route: Callable[[], object]) -> None:
     with route():
         loss = model(**batch).loss
         loss.backward()
-    if dense_task_skills:  # optim.task_skill_updates=dense, as the trainer does it
-        zero_grads_of_absent_task_skills(model)
+    fill_missing_grads(optimizer)  # as the trainer: every trainable tensor is stepped
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -79,13 +78,13 @@ def build_variants(base, device: str, generator: torch.Generator) -> list[Varian
 
     variants: list[Variant] = []
 
-    def add(name, model, n_tasks, route_factory, dense_task_skills=False):
+    def add(name, model, n_tasks, route_factory):
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)  # as cpoly's trainer, for every variant
         batch, task_ids = make_batch(n_tasks, device, generator)
         route = lambda: route_factory(model, task_ids)  # noqa: E731
-        step = lambda: training_step(model, optimizer, batch, route, dense_task_skills)  # noqa: E731
+        step = lambda: training_step(model, optimizer, batch, route)  # noqa: E731
         variants.append(Variant(name, model, step, sum(p.numel() for p in params)))
 
     class _PeftPolyRoute:  # PEFT Poly takes task_ids as a forward argument
@@ -123,9 +122,6 @@ def build_variants(base, device: str, generator: torch.Generator) -> list[Varian
     for label, kwargs, n_tasks in settings:
         config = SkillConfig(task_names=tasks(n_tasks), target_modules=["q", "v"], **kwargs)
         add(label, add_skills(copy.deepcopy(base), config), n_tasks, ours)
-    # optim.task_skill_updates=dense: every task's exclusive skills are stepped (the cost grows with T)
-    config = SkillConfig(task_names=tasks(1000), target_modules=["q", "v"], method="cpoly", task_weights="fixed")
-    add("cpoly fixed-W_B T=1000 dense", add_skills(copy.deepcopy(base), config), 1000, ours, dense_task_skills=True)
     return variants
 
 
@@ -197,8 +193,6 @@ def main() -> None:
     print("\ntargets:")
     for label, numerator, denominator, target in targets:
         print(f"  {label:36s} = {median[numerator] / median[denominator]:.3f}  (target <= {target:.2f})")
-    dense = median["cpoly fixed-W_B T=1000 dense"] / median["cpoly fixed-W_B T=10"]
-    print(f"  {'cpoly fixed-W_B T=1000 dense / T=10':36s} = {dense:.3f}  (optim.task_skill_updates=dense: no target)")
 
 
 if __name__ == "__main__":

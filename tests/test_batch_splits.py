@@ -107,16 +107,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args()
+    rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         ddp = two_process_runs(root / "ddp", root / "cache", args.dtype)
-        print(f"{STEPS} steps, global batch 8, {args.dtype}, dropout off: differences against 1 process x batch 8")
-        print(f"{'method':12s} {'4x2 adapters':>13s} {'4x2 loss':>10s} {'2x4 adapters':>13s} {'2x4 loss':>10s}")
         for method in METHODS:
             one = one_process_run(method, "1x8", root / method / "1x8", root / "cache", args.dtype)
             accumulated = one_process_run(method, "4x2", root / method / "4x2", root / "cache", args.dtype)
-            row = [*compare(one, accumulated), *compare(one, ddp / method)]
-            print(f"{method:12s} {row[0]:13.2e} {row[1]:10.2e} {row[2]:13.2e} {row[3]:10.2e}")
+            rows[method] = [*compare(one, accumulated), *compare(one, ddp / method)]
+    print(f"\n{STEPS} steps, global batch 8, {args.dtype}, dropout off: differences against 1 process x batch 8")
+    print(f"{'method':12s} {'4x2 adapters':>13s} {'4x2 loss':>10s} {'2x4 adapters':>13s} {'2x4 loss':>10s}")
+    for method, row in rows.items():
+        print(f"{method:12s} {row[0]:13.2e} {row[1]:10.2e} {row[2]:13.2e} {row[3]:10.2e}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ import pytest
 
 from cpoly.data.sampling import (
     MultiTaskBatchSampler,
+    distinct_tasks,
     eval_batches,
+    expected_distinct_tasks,
     padding_fraction,
+    split_global_batch,
     task_probabilities,
 )
 
@@ -74,6 +77,11 @@ def test_batches_mix_tasks_and_cover_a_task_before_repeating_it():
 
 def test_same_seed_same_batches_other_seed_other_batches():
     assert take(iter(sampler()), 40) == take(iter(sampler()), 40)
+    # numpy columns (as the trainer passes them) give the batches of plain lists
+    codes = {"mid": 2, "big": 5, "small": 0}  # ids whose order differs from first appearance
+    ids = [codes[t] for t in TASKS]
+    as_numpy = sampler(tasks=np.asarray(ids), lengths=np.asarray(LENGTHS))
+    assert take(iter(as_numpy), 40) == take(iter(sampler(tasks=ids)), 40) == take(iter(sampler()), 40)
     assert take(iter(sampler()), 40) != take(iter(sampler(seed=4)), 40)
 
 
@@ -107,6 +115,59 @@ def test_length_grouping_lowers_padding():
     assert Counter(i for b in grouped for i in b) == Counter(i for b in shuffled for i in b)
 
 
+def _superni_like(n_tasks: int = 100, per_task: int = 60):
+    """Lengths set mostly by the task (SuperNI prompts start with the task's definition)."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(100, 1000, n_tasks)
+    tasks = [t for t in range(n_tasks) for _ in range(per_task)]
+    lengths = [int(base[t] + rng.integers(0, 60)) for t in tasks]
+    return tasks, lengths
+
+
+@pytest.mark.parametrize("batch_size", [8, 32])
+def test_length_grouping_keeps_the_task_mix_of_random_batches(batch_size):
+    """Plain length sorting would put each task's examples together; grouping keeps >= 90% of random
+    batches' distinct tasks per batch and still pads at most half as much."""
+    tasks, lengths = _superni_like()
+    batches = {}
+    for name, settings in {
+        "random": dict(group_by_length=False),
+        "grouped": dict(group_by_length=True),
+        "sorted": dict(group_by_length=True, min_task_mix=0.0),
+    }.items():
+        s = MultiTaskBatchSampler(tasks=tasks, lengths=lengths, batch_size=batch_size, seed=2, **settings)
+        batches[name] = take(s.global_batches(), 300)
+    mix = {name: distinct_tasks(b, tasks) for name, b in batches.items()}
+    padding = {name: padding_fraction(b, lengths) for name, b in batches.items()}
+    assert mix["grouped"] >= 0.9 * mix["random"], mix
+    assert padding["grouped"] <= 0.5 * padding["random"], padding
+    assert mix["sorted"] < 0.8 * mix["random"] and padding["sorted"] < padding["grouped"]  # what grouping avoids
+
+
+def test_expected_distinct_tasks_is_the_mean_of_random_batches():
+    counts = [50, 30, 10, 5, 5]
+    pool = np.repeat(np.arange(len(counts)), counts)
+    rng = np.random.default_rng(0)
+    simulated = np.mean([len(set(rng.choice(pool, 8, replace=False))) for _ in range(20000)])
+    assert expected_distinct_tasks(counts, 8) == pytest.approx(simulated, abs=0.02)
+    assert expected_distinct_tasks([1, 1, 1], 3) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="larger than the pool"):
+        expected_distinct_tasks([2], 3)
+
+
+@pytest.mark.parametrize(("micro", "replicas"), [(1, 1), (4, 1), (1, 2), (2, 2)])
+def test_a_global_batch_splits_into_micro_batches_and_ranks_exactly_once(micro, replicas):
+    batch = list(range(100, 116))
+    parts = [split_global_batch(batch, micro, replicas, r) for r in range(replicas)]
+    positions = sorted(int(p) for shard in parts for pos, _ in shard for p in pos)
+    assert positions == list(range(16))
+    for shard in parts:
+        assert len(shard) == micro and all(len(rows) == 16 // (micro * replicas) for _, rows in shard)
+        assert all(list(rows) == [batch[p] for p in pos] for pos, rows in shard)
+    with pytest.raises(ValueError, match="does not split into 3 micro-batches x 2 ranks"):
+        split_global_batch(batch, 3, 2, 0)
+
+
 def test_padding_fraction():
     lengths = [4, 2, 3, 3]
     assert padding_fraction([[0, 1]], lengths) == pytest.approx(2 / 8)
@@ -123,6 +184,8 @@ def test_bad_settings_are_named():
         sampler(lengths=None)
     with pytest.raises(ValueError, match="strategy"):
         sampler(strategy="round_robin")
+    with pytest.raises(ValueError, match="min_task_mix"):
+        sampler(min_task_mix=1.5)
     assert take(iter(sampler(lengths=None, group_by_length=False)), 1)
 
 

@@ -57,6 +57,21 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(list(key))
 
 
+def _task_codes(tasks: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
+    """The distinct tasks in order of first appearance (so the same data gives the same streams) and each
+    example's index into them."""
+    values = np.asarray(tasks) if isinstance(tasks, np.ndarray) else None
+    if values is not None and values.dtype.kind in "iuU":  # vectorised: 100k task ids in milliseconds
+        unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        appearance = np.argsort(first, kind="stable")
+        rank = np.empty_like(appearance)
+        rank[appearance] = np.arange(len(appearance))
+        return unique[appearance].tolist(), rank[inverse.reshape(-1)].astype(np.int64)
+    keys = list(dict.fromkeys(tasks))
+    position = {key: i for i, key in enumerate(keys)}
+    return keys, np.fromiter((position[t] for t in tasks), dtype=np.int64, count=len(tasks))
+
+
 def expected_distinct_tasks(task_counts: Sequence[int], batch_size: int) -> float:
     """Mean number of distinct tasks in a batch of `batch_size` drawn at random without replacement from
     a pool holding `task_counts[t]` examples of task t: sum_t 1 - C(N - n_t, b) / C(N, b)."""
@@ -154,11 +169,12 @@ class MultiTaskBatchSampler:
                     f"group_by_length needs one length per example: {len(self.tasks)} examples, "
                     f"lengths {None if self.lengths is None else len(self.lengths)}"
                 )
-        self._lengths = None if self.lengths is None else np.asarray(list(self.lengths), dtype=np.int64)
-        # Task order is the order of first appearance, so the same data gives the same streams.
-        keys = list(dict.fromkeys(self.tasks))
-        position = {key: i for i, key in enumerate(keys)}
-        codes = np.fromiter((position[t] for t in self.tasks), dtype=np.int64, count=len(self.tasks))
+        if self.lengths is not None:
+            lengths = self.lengths if isinstance(self.lengths, np.ndarray) else list(self.lengths)
+            self._lengths = np.asarray(lengths, dtype=np.int64)
+        else:
+            self._lengths = None
+        keys, codes = _task_codes(self.tasks)
         order = np.argsort(codes, kind="stable")
         self._members = np.split(order, np.cumsum(np.bincount(codes, minlength=len(keys)))[:-1])
         self._codes = codes
