@@ -109,6 +109,10 @@ class TrainerConfig:
     cpu_threads: int | None = None  # torch intra-op threads on CPU (null: torch's default); 1 suits tiny models
     progress_bar: bool = True
 
+    def global_batch_size(self, processes: int) -> int:
+        """Examples per optimizer step: every micro-batch of every process."""
+        return self.batch_size * self.grad_accum * processes
+
 
 @dataclass
 class LoggerConfig:

@@ -224,7 +224,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "throughput": throughput(state, accelerator),
             "git_sha": git_sha(Path(cfg.paths.root_dir)),
             "world_size": accelerator.num_processes,
-            "global_batch_size": cfg.trainer.batch_size * cfg.trainer.grad_accum * accelerator.num_processes,
+            "global_batch_size": to_object(cfg.trainer).global_batch_size(accelerator.num_processes),
             "batches": state.batch_mix(),
             "tokenization": {"train": asdict(train_split.stats), "eval": asdict(eval_split.stats)},
         }

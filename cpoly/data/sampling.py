@@ -60,9 +60,8 @@ def _rng(*key: int) -> np.random.Generator:
 def _task_codes(tasks: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
     """The distinct tasks in order of first appearance (so the same data gives the same streams) and each
     example's index into them."""
-    values = np.asarray(tasks) if isinstance(tasks, np.ndarray) else None
-    if values is not None and values.dtype.kind in "iuU":  # vectorised: 100k task ids in milliseconds
-        unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    if isinstance(tasks, np.ndarray) and tasks.dtype.kind in "iuU":  # vectorised: 100k task ids in milliseconds
+        unique, first, inverse = np.unique(tasks, return_index=True, return_inverse=True)
         appearance = np.argsort(first, kind="stable")
         rank = np.empty_like(appearance)
         rank[appearance] = np.arange(len(appearance))
@@ -169,7 +168,7 @@ class MultiTaskBatchSampler:
                     f"group_by_length needs one length per example: {len(self.tasks)} examples, "
                     f"lengths {None if self.lengths is None else len(self.lengths)}"
                 )
-        if self.lengths is not None:
+        if self.lengths is not None:  # list() first: a datasets column converts fast only as a list
             lengths = self.lengths if isinstance(self.lengths, np.ndarray) else list(self.lengths)
             self._lengths = np.asarray(lengths, dtype=np.int64)
         else:
@@ -230,11 +229,11 @@ class MultiTaskBatchSampler:
         assert self._lengths is not None
         by_length = indices[np.argsort(self._lengths[indices], kind="stable")]
         target = self.min_task_mix * expected_distinct_tasks(counts[counts > 0], self.batch_size)
-        for window in range(1, self.mega_batch_factor + 1):
+        for window in range(1, self.mega_batch_factor):
             batches = self._deal(by_length, window)
-            if window == self.mega_batch_factor or distinct_tasks(batches, self._codes) >= target - 1e-9:
+            if distinct_tasks(batches, self._codes) >= target - 1e-9:
                 return batches
-        raise AssertionError("unreachable")
+        return self._deal(by_length, self.mega_batch_factor)
 
     def _deal(self, by_length: np.ndarray, window: int) -> list[np.ndarray]:
         """Cut length-sorted examples into windows of `window` batches; deal each window's examples,

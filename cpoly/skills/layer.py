@@ -85,9 +85,9 @@ class SkilledLinear(nn.Module):
     """Wraps one linear layer; the wrapped layer stays frozen as `base_layer`."""
 
     def __init__(self, base_layer: nn.Module, config: SkillConfig, routing: RoutingState, index: int = 0) -> None:
+        """`index`: the layer's position among the model's adapted layers, which keys its routing noise."""
         super().__init__()
         self.base_layer = base_layer
-        self.index = index  # position among the model's adapted layers: keys this layer's routing noise
         self.d_in, self.d_out = linear_shape(base_layer)
         self.config = config
         self.routing = routing

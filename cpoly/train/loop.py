@@ -132,7 +132,7 @@ class TrainLoop:
         sampler = MultiTaskBatchSampler(
             tasks=tasks,
             lengths=lengths,
-            batch_size=t.batch_size * t.grad_accum * world,
+            batch_size=t.global_batch_size(world),
             strategy=t.task_sampling,
             temperature=t.sampling_temperature,
             seed=self.seed,
