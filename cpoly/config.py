@@ -242,7 +242,7 @@ def _architecture(backbone: BackboneConfig) -> Any | None:
 
     overrides = dict(backbone.model_overrides)
     try:
-        if backbone.source == "random" and backbone.model_id is None:
+        if backbone.source == "inhouse" or (backbone.source == "random" and backbone.model_id is None):
             return AutoConfig.for_model(overrides.pop("model_type"), **overrides)
         if backbone.source in ("hub", "random"):
             config = AutoConfig.from_pretrained(backbone.model_id, revision=backbone.revision, local_files_only=True)

@@ -18,7 +18,10 @@ KINDS = ("seq2seq", "causal", "encoder")
 # hub: a Hugging Face Hub id or a local checkpoint directory. random: a freshly initialised model whose
 # architecture is `model_overrides` (with `model_type`) on top of `model_id`'s config when given.
 # package: a pip-installed package that ships the weights (see `cpoly.backbones.packages`).
-SOURCES = ("hub", "random", "package")
+# inhouse: `model_overrides`' architecture pre-trained once here by the recipe `model_id` names, with
+# the settings in `pretraining`, and cached (see `cpoly.backbones.strings`).
+SOURCES = ("hub", "random", "package", "inhouse")
+INHOUSE_RECIPES = ("strings",)
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # float64: exactness checks on a CPU
 POOLINGS = ("cls", "mean")
 # A tokenizer that needs no files: bytes plus T5's specials, 384 ids (pad 0, eos 1, unk 2).
@@ -63,6 +66,8 @@ class BackboneConfig:
     # attention-dropout attributes and the config's *dropout* values) to it. 0 makes training-mode
     # forwards deterministic (apart from routing noise).
     dropout: float | None = None
+    # source=inhouse: the recipe's settings (e.g. steps); unset keys take the recipe's defaults.
+    pretraining: dict[str, Any] = field(default_factory=dict)
 
     # -- validation -------------------------------------------------------------------------------
     def _fail(self, field_name: str, value: Any, why: str) -> None:
@@ -113,13 +118,32 @@ class BackboneConfig:
                 dict(self.model_overrides),
                 "source=random without model_id needs model_overrides.model_type (e.g. t5, llama, bert)",
             )
-        if self.source != "random" and "model_type" in self.model_overrides:
-            self._fail("model_overrides", dict(self.model_overrides), "model_type is only for source=random")
+        if self.source not in ("random", "inhouse") and "model_type" in self.model_overrides:
+            self._fail("model_overrides", dict(self.model_overrides), "model_type is only for source=random or inhouse")
+        if self.pretraining and self.source != "inhouse":
+            self._fail("pretraining", dict(self.pretraining), "only source=inhouse is pre-trained here")
+        if self.source == "inhouse":
+            self._check_inhouse()
         if self.source == "package":
             from cpoly.backbones.packages import PACKAGES  # late: keeps the schema import light
 
             if self.model_id not in PACKAGES:
                 self._fail("model_id", self.model_id, f"unknown weights package; known: {', '.join(PACKAGES)}")
+
+    def _check_inhouse(self) -> None:
+        if self.model_id not in INHOUSE_RECIPES:
+            self._fail("model_id", self.model_id, f"source=inhouse needs a recipe; known: {', '.join(INHOUSE_RECIPES)}")
+        if self.kind != "seq2seq":
+            self._fail("kind", self.kind, f"the {self.model_id} recipe pre-trains seq2seq models only")
+        if self.tokenizer_id not in (None, BYT5_TOKENIZER):
+            self._fail("tokenizer_id", self.tokenizer_id, f"the {self.model_id} recipe uses the byt5 tokenizer")
+        if "model_type" not in self.model_overrides:
+            self._fail("model_overrides", dict(self.model_overrides), "source=inhouse needs model_overrides.model_type")
+        if not isinstance(self.pretraining, Mapping):
+            self._fail("pretraining", self.pretraining, "must be a mapping of recipe settings")
+        from cpoly.backbones.strings import StringPretraining  # late: keeps the schema import light
+
+        StringPretraining.from_mapping(self.pretraining, self.name)
 
     def _check_target_modules(self) -> None:
         value = self.target_modules
@@ -158,6 +182,7 @@ class BackboneConfig:
             raise BackboneConfigError(f"backbone: missing required fields {missing}")
         values = dict(cfg)
         values["model_overrides"] = dict(values.get("model_overrides") or {})
+        values["pretraining"] = dict(values.get("pretraining") or {})
         if isinstance(values.get("target_modules"), tuple):
             values["target_modules"] = list(values["target_modules"])
         return cls(**values)

@@ -1,28 +1,20 @@
 """De-quantise a GGUF decoder once into a plain Hugging Face checkpoint cached on disk.
 
 transformers reads GGUF by de-quantising every tensor to float32 in Python and converting the
-tokenizer from the GGUF vocabulary (about a minute for Gemma-3-270M on 2 CPU cores). We pay that once:
-the result is written as safetensors + config + tokenizer files into a temporary directory next to
-the cache entry and renamed into place, so a reader sees either nothing or a complete checkpoint
-(the provenance file, written last, marks an entry complete).
-Later loads read only the cache entry and never open the GGUF. A file lock stops concurrent
-processes (DDP ranks, multirun jobs) from converting the same file twice.
+tokenizer from the GGUF vocabulary (about a minute for Gemma-3-270M on 2 CPU cores). We pay that once,
+through `cpoly.backbones.cache` (atomic, locked, provenance written last); later loads read only the
+cache entry and never open the GGUF.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from cpoly.atomic import atomic_directory
-
-PROVENANCE_FILE = "cpoly_provenance.json"
+from cpoly.backbones.cache import cached_checkpoint
 
 
 def cached_gguf_checkpoint(
@@ -34,19 +26,12 @@ def cached_gguf_checkpoint(
     inside `scratch_dir`, which is deleted afterwards). `entry_name` must change whenever the GGUF
     does (put its hash in it).
     """
-    root = Path(cache_dir).expanduser() / "backbones"
-    target = root / entry_name
-    if _complete(target):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{entry_name}.lock"):
-        if _complete(target):  # another process finished while we waited
-            return target
-        with tempfile.TemporaryDirectory(prefix=f".{entry_name}.scratch-", dir=root) as scratch:
-            with atomic_directory(target) as checkpoint:
-                dequantize_gguf(write_gguf(Path(scratch)), checkpoint)
-                (checkpoint / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
-    return target
+
+    def build(checkpoint: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=f".{entry_name}.scratch-", dir=checkpoint.parent) as scratch:
+            dequantize_gguf(write_gguf(Path(scratch)), checkpoint)
+
+    return cached_checkpoint(cache_dir, entry_name, build, provenance)
 
 
 def dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
@@ -64,17 +49,3 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     del model
-
-
-def _complete(entry: Path) -> bool:
-    return (entry / PROVENANCE_FILE).is_file()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

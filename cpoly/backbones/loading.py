@@ -15,6 +15,7 @@ from cpoly.backbones.config import BYT5_TOKENIZER, BackboneConfig, BackboneConfi
 from cpoly.backbones.heads import TaskHeadClassifier
 from cpoly.backbones.packages import package_checkpoint
 from cpoly.backbones.random_init import random_model, random_model_config
+from cpoly.backbones.strings import strings_checkpoint
 from cpoly.backbones.targets import unmatched_targets
 from cpoly.backbones.tokenizers import load_tokenizer, prepare_tokenizer
 
@@ -98,6 +99,10 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 def _load_weights_and_tokenizer(cfg: BackboneConfig, cache_dir: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     auto_class = auto_model_class(cfg.kind)
+    if cfg.source == "inhouse":  # pre-trained once here and cached; byt5 is the recipe's tokenizer
+        tokenizer = load_tokenizer(BYT5_TOKENIZER)
+        location = strings_checkpoint(cfg, tokenizer, cache_dir)
+        return auto_class.from_pretrained(location, dtype=dtype, local_files_only=True), tokenizer
     # Where the weights (or the starting config of a random model) come from, and whether to stay
     # off the network for them.
     if cfg.source == "package":

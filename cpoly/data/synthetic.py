@@ -10,6 +10,11 @@ which is what separates the methods: a fully shared LoRA cannot tell the tasks a
 and skill-routed adapters can, and routed methods must discover which tasks share skills. Put
 `{task}` in `source_template` to make the task visible in the text instead.
 
+Task-private structure (`private_substitutions: k`): each task also remaps k letters of the alphabet
+with a substitution of its own, applied to the input before its shared skills. No other task has it, so
+only parameters a task owns (task-specific LoRA, C-Poly's exclusive skills) can hold it without
+interfering with the other tasks; k = 0 (no private structure) gives the purely shared benchmark.
+
 Generated from `data_seed` alone: no files, no network, identical on every machine.
 """
 
@@ -85,6 +90,11 @@ ATOMIC_SKILLS: dict[str, Callable[[str, str], str]] = {
 }
 
 
+def substitute(text: str, table: Mapping[str, str]) -> str:
+    """Replace each character by `table[character]` (all at once, so a->b, b->a swaps); others stay."""
+    return "".join(table.get(c, c) for c in text)
+
+
 def apply_skills(text: str, skills: Sequence[str], alphabet: str) -> str:
     """Apply `skills` to `text` in the library's canonical order (whatever the order given)."""
     unknown = [s for s in skills if s not in ATOMIC_SKILLS]
@@ -118,6 +128,9 @@ class SyntheticConfig:
     max_skills_per_task: int = 3
     # Every atomic skill is used by at least this many tasks, so skills are genuinely shared.
     min_tasks_per_skill: int = 2
+    # Task-private structure: each task remaps this many letters with a substitution only it has (applied
+    # to the input first). 0: none, the purely shared benchmark.
+    private_substitutions: int = 0
     # `{input}` is the input word, `{task}` the task name (absent by default: see the module doc).
     # The trailing cue tells a decoder-only backbone where the answer starts.
     source_template: str = "{input} ="
@@ -176,6 +189,11 @@ class SyntheticConfig:
                 f"benchmark (synthetic): source_template {self.source_template!r} may only use "
                 f"{{input}} and {{task}} ({err})"
             ) from None
+        need(
+            0 <= self.private_substitutions <= len(self.alphabet),
+            f"private_substitutions must lie in [0, len(alphabet)={len(self.alphabet)}], "
+            f"got {self.private_substitutions}",
+        )
         need(self.min_tasks_per_skill >= 0, f"min_tasks_per_skill must be >= 0, got {self.min_tasks_per_skill}")
 
 
@@ -226,6 +244,35 @@ def _task_skill_sets(cfg: SyntheticConfig, rng: random.Random, probes: list[str]
     return sorted(chosen, key=lambda combo: (len(combo), [order.index(s) for s in combo]))
 
 
+def _private_tables(cfg: SyntheticConfig, rng: random.Random) -> list[dict[str, str]]:
+    """One substitution per task: `private_substitutions` letters, each sent to another letter; no two
+    tasks share a table (the substitution is what makes a task's private structure its own)."""
+    tables: list[dict[str, str]] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for _ in range(1000 * max(cfg.n_tasks, 1)):
+        if len(tables) == cfg.n_tasks or cfg.private_substitutions == 0:
+            break
+        sources = rng.sample(cfg.alphabet, cfg.private_substitutions)
+        table = {a: rng.choice([b for b in cfg.alphabet if b != a]) for a in sources}
+        key = tuple(sorted(table.items()))
+        if key not in seen:
+            seen.add(key)
+            tables.append(table)
+    if cfg.private_substitutions == 0:
+        return [{} for _ in range(cfg.n_tasks)]
+    if len(tables) < cfg.n_tasks:
+        raise ValueError(
+            f"benchmark (synthetic): could not draw {cfg.n_tasks} distinct substitutions of "
+            f"private_substitutions={cfg.private_substitutions} letters over alphabet {cfg.alphabet!r}"
+        )
+    return tables
+
+
+def task_target(word: str, skills: Sequence[str], table: Mapping[str, str], alphabet: str) -> str:
+    """What a task answers: its private substitution first, then its shared skills."""
+    return apply_skills(substitute(word, table), skills, alphabet)
+
+
 def _random_word(rng: random.Random, cfg: SyntheticConfig) -> str:
     length = rng.randint(cfg.min_length, cfg.max_length)
     return "".join(rng.choice(cfg.alphabet) for _ in range(length))
@@ -238,11 +285,14 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
     probes = [_random_word(rng, cfg) for _ in range(32)]
     skill_sets = _task_skill_sets(cfg, rng, probes)
     task_names = [f"t{i:02d}-" + "-".join(skills) for i, skills in enumerate(skill_sets)]
+    # Drawn after the shared structure, from the same generator: private_substitutions=0 leaves every
+    # word of today's benchmark as it was.
+    tables = _private_tables(cfg, rng)
 
     train: list[Example] = []
     evaluation: list[Example] = []
     n_total = cfg.n_train_per_task + cfg.n_eval_per_task
-    for task, skills in zip(task_names, skill_sets, strict=True):
+    for task, skills, table in zip(task_names, skill_sets, tables, strict=True):
         # Distinct input words per task, so eval measures generalisation rather than recall.
         words: list[str] = []
         seen: set[str] = set()
@@ -250,7 +300,7 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
             if len(words) == n_total:
                 break
             word = _random_word(rng, cfg)
-            if word not in seen and apply_skills(word, skills, cfg.alphabet):  # no empty targets
+            if word not in seen and task_target(word, skills, table, cfg.alphabet):  # no empty targets
                 seen.add(word)
                 words.append(word)
         if len(words) < n_total:
@@ -263,7 +313,7 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
             example = Example(
                 task=task,
                 source=cfg.source_template.format(input=word, task=task),
-                target=apply_skills(word, skills, cfg.alphabet),
+                target=task_target(word, skills, table, cfg.alphabet),
                 id=f"{task}/{split}/{number}",
             )
             (train if split == "train" else evaluation).append(example)
@@ -276,7 +326,11 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
         metric=cfg.metric,
         main_metric=cfg.main_metric,
         skill_structure={task: list(skills) for task, skills in zip(task_names, skill_sets, strict=True)},
-        info={"generator": "cpoly.data.synthetic", "config": asdict(cfg)},
+        info={
+            "generator": "cpoly.data.synthetic",
+            "config": asdict(cfg),
+            "private_substitutions": {task: table for task, table in zip(task_names, tables, strict=True) if table},
+        },
     )
 
 

@@ -1,0 +1,197 @@
+"""An in-house pretrained backbone for the synthetic benchmark (source=inhouse, model_id=strings).
+
+PEFT methods assume a pretrained backbone: on a random frozen one the adapters must carry everything
+and no method gets far (about 12% exact match after 2,000 steps). So the embedded default adapts a
+tiny T5 pre-trained once, here, seeded, on *generic* string transformations over the synthetic
+alphabet: random words, random programs of the atomic skills of `cpoly.data.synthetic` (any subset of
+all eight, in their canonical order) and random letter substitutions, with the program written in the
+source: `"03 a>c abc ="` means substitute a->c, then apply skills 0 and 3, to the word `abc`. The
+empty program is the identity, and its source is exactly the benchmark's (`"abc ="`).
+
+Fine-tuning then shows the backbone words *without* a program: what each task does (which skills, and
+its private substitution) is what the adapters must supply, through routing. This is the situation
+PEFT on a real model is in: the backbone can do the operations; the task is to learn which.
+
+Built on first use into `<paths.cache_dir>/backbones/strings-<hash>/` (the hash covers the
+architecture, init seed and recipe), under a lock, atomically, with the recipe, the wall time and the
+pretraining exact match in its provenance file; about 3-4 minutes on 2 CPU cores, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cpoly.backbones.cache import cached_checkpoint
+from cpoly.data.synthetic import ATOMIC_SKILLS, task_target
+
+log = logging.getLogger(__name__)
+
+RECIPE_VERSION = 1  # bump when the corpus or the optimisation changes what a recipe builds
+SKILL_CODES = {name: str(i) for i, name in enumerate(ATOMIC_SKILLS)}
+
+
+@dataclass(frozen=True)
+class StringPretraining:
+    """The recipe (`backbone.pretraining`); every field is part of the cache key."""
+
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    seed: int = 0
+    alphabet: str = "abcdefgh"
+    # Word lengths cover the benchmark's (3-5) with a margin either side.
+    min_length: int = 2
+    max_length: int = 6
+    max_skills: int = 3  # atomic skills per program: 0..max_skills
+    max_substitutions: int = 2  # substituted letters per program: 0..max_substitutions
+    eval_examples: int = 500  # held-out programs scored by greedy decoding after pretraining
+
+    @classmethod
+    def from_mapping(cls, values: Any, backbone_name: str) -> StringPretraining:
+        from cpoly.backbones.config import BackboneConfigError
+
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise BackboneConfigError(
+                f"backbone.pretraining (backbone {backbone_name!r}): unknown keys {unknown}; known: {sorted(known)}"
+            )
+        recipe = cls(**dict(values))
+        for name, f in known.items():
+            value = getattr(recipe, name)
+            expected = {"int": int, "float": (int, float), "str": str}[str(f.type)]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                raise BackboneConfigError(
+                    f"backbone.pretraining.{name}={value!r} (backbone {backbone_name!r}): must be of type {f.type}"
+                )
+        problems = [
+            (recipe.steps >= 1, "steps", "must be >= 1"),
+            (recipe.batch_size >= 1, "batch_size", "must be >= 1"),
+            (recipe.lr > 0 and math.isfinite(recipe.lr), "lr", "must be a finite number > 0"),
+            (recipe.warmup_steps >= 0, "warmup_steps", "must be >= 0"),
+            (1 <= recipe.min_length <= recipe.max_length, "min_length", "need 1 <= min_length <= max_length"),
+            (0 <= recipe.max_skills <= len(ATOMIC_SKILLS), "max_skills", f"must lie in [0, {len(ATOMIC_SKILLS)}]"),
+            (0 <= recipe.max_substitutions <= len(recipe.alphabet), "max_substitutions", "must lie in [0, len(alphabet)]"),
+            (recipe.eval_examples >= 0, "eval_examples", "must be >= 0"),
+            (
+                len(recipe.alphabet) >= 2 and recipe.alphabet.isalpha() and recipe.alphabet == recipe.alphabet.lower(),
+                "alphabet",
+                "must be >= 2 lower-case letters",
+            ),
+        ]
+        for ok, name, why in problems:
+            if not ok:
+                raise BackboneConfigError(
+                    f"backbone.pretraining.{name}={getattr(recipe, name)!r} (backbone {backbone_name!r}): {why}"
+                )
+        return recipe
+
+
+def program_example(rng: random.Random, recipe: StringPretraining) -> tuple[str, str]:
+    """One (source, target) pair of the pretraining corpus, with a non-empty target."""
+    while True:
+        skills = rng.sample(list(ATOMIC_SKILLS), rng.randint(0, recipe.max_skills))
+        letters = rng.sample(recipe.alphabet, rng.randint(0, recipe.max_substitutions))
+        table = {a: rng.choice([b for b in recipe.alphabet if b != a]) for a in sorted(letters)}
+        length = rng.randint(recipe.min_length, recipe.max_length)
+        word = "".join(rng.choice(recipe.alphabet) for _ in range(length))
+        target = task_target(word, skills, table, recipe.alphabet)
+        if not target:
+            continue
+        program = " ".join(
+            part
+            for part in ("".join(SKILL_CODES[s] for s in ATOMIC_SKILLS if s in skills), *(f"{a}>{b}" for a, b in table.items()))
+            if part
+        )
+        return (f"{program} {word} =" if program else f"{word} ="), target
+
+
+def pretrain(model: torch.nn.Module, tokenizer: Any, recipe: StringPretraining) -> dict[str, Any]:
+    """Train every weight of `model` (a seq2seq LM) on the corpus; returns what the provenance records."""
+    rng = random.Random(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    warmup = max(recipe.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / recipe.steps)
+    )
+    start, loss_sum, loss_count = time.perf_counter(), 0.0, 0
+    for step in range(recipe.steps):
+        sources, targets = zip(*(program_example(rng, recipe) for _ in range(recipe.batch_size)), strict=True)
+        inputs = tokenizer(list(sources), return_tensors="pt", padding=True)
+        labels = tokenizer(list(targets), return_tensors="pt", padding=True).input_ids
+        labels[labels == tokenizer.pad_token_id] = -100
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        if (step + 1) % 500 == 0 or step + 1 == recipe.steps:
+            log.info("pretraining the strings backbone: step %d/%d, loss %.4f", step + 1, recipe.steps, loss_sum / loss_count)
+            loss_sum, loss_count = 0.0, 0
+    seconds = time.perf_counter() - start
+    model.eval()
+    return {"pretraining_seconds": round(seconds, 1), "pretraining_exact_match": held_out_exact_match(model, tokenizer, recipe)}
+
+
+@torch.no_grad()
+def held_out_exact_match(model: torch.nn.Module, tokenizer: Any, recipe: StringPretraining) -> float | None:
+    """Exact match of greedy decoding on programs drawn from a generator the training never used."""
+    if recipe.eval_examples == 0:
+        return None
+    rng = random.Random(f"held-out-{recipe.seed}")
+    pairs = [program_example(rng, recipe) for _ in range(recipe.eval_examples)]
+    correct = 0
+    for i in range(0, len(pairs), 100):
+        chunk = pairs[i : i + 100]
+        inputs = tokenizer([s for s, _ in chunk], return_tensors="pt", padding=True)
+        output = model.generate(**inputs, max_new_tokens=4 * recipe.max_length + 4, num_beams=1, do_sample=False)
+        predictions = tokenizer.batch_decode(output, skip_special_tokens=True)
+        correct += sum(p == t for p, (_, t) in zip(predictions, chunk, strict=True))
+    return round(correct / len(pairs), 4)
+
+
+def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path) -> Path:
+    """The cached pretrained checkpoint for `cfg` (a BackboneConfig with source=inhouse), built if absent."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from cpoly.backbones.random_init import random_model, random_model_config
+
+    recipe = StringPretraining.from_mapping(cfg.pretraining, cfg.name)
+    key = {
+        "version": RECIPE_VERSION,
+        "architecture": dict(cfg.model_overrides),
+        "init_seed": cfg.init_seed,
+        "recipe": dataclasses.asdict(recipe),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+    def build(folder: Path) -> dict[str, Any]:
+        log.info(
+            "backbone %s: pretraining a %s once on string transformations (%d steps; cached in %s)",
+            cfg.name, cfg.model_overrides.get("model_type"), recipe.steps, folder.parent,
+        )  # fmt: skip
+        config = random_model_config(cfg, tokenizer, None, local_files_only=True)
+        with torch.random.fork_rng(devices=[]):
+            model = random_model(AutoModelForSeq2SeqLM, config, cfg.init_seed).float()
+            record = pretrain(model, tokenizer, recipe)
+        model.save_pretrained(folder)
+        log.info("backbone %s: pretrained in %.0f s, held-out exact match %s", cfg.name, record["pretraining_seconds"], record["pretraining_exact_match"])
+        return record
+
+    return cached_checkpoint(cache_dir, f"strings-{digest}", build, {"builder": "cpoly.backbones.strings", **key})
