@@ -8,6 +8,7 @@ misspelled key or a wrongly typed value fails when Hydra composes the config, wi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -49,6 +50,11 @@ class MethodConfig:
     # The allocation logits' (or moe gate's) learning rate this method runs with by default; optim.router_lr
     # takes it. null: the adapters' lr. mttl's Poly/MHR used 0.1 against 1e-3 for the adapters.
     router_lr: float | None = None
+    # Parameter matching: size this method to the trainable adapter parameters of another method option
+    # (conf/method/<match_params>.yaml, e.g. cpoly) by varying `match_by` (n_skills or rank; null: the
+    # method's own knob, n_skills for poly/mhr/moe_lora, rank for the LoRAs). Recorded in results.json.
+    match_params: str | None = None
+    match_by: str | None = None
 
     def skill_config(
         self, task_names: list[str], target_modules: Any, modules_to_save: list[str] | None = None
@@ -149,9 +155,22 @@ SCHEMAS = {
 
 
 def skills_tag(
-    method: str, n_skills: int | None, n_task_skills: int | None, n_splits: int | None, rank: int | None
+    method: str,
+    n_skills: int | None,
+    n_task_skills: int | None,
+    n_splits: int | None,
+    rank: int | None,
+    match_params: str | None = None,
+    match_by: str | None = None,
 ) -> str:
-    """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2."""
+    """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2;
+    a parameter-matched run names what it matches instead of the knob it sizes (poly: match_cpoly-r2)."""
+    if match_params is not None:
+        from cpoly.skills.matching import DEFAULT_FIELD
+
+        by = match_by or DEFAULT_FIELD.get(method, "n_skills")
+        r = rank if rank is not None else METHOD_DEFAULTS.get(method, {}).get("rank")
+        return f"match_{match_params}" + (f"-r{r}" if by == "n_skills" else "")
     d = METHOD_DEFAULTS.get(method, {})
     k = n_skills if n_skills is not None else d.get("n_skills")
     b = n_task_skills if n_task_skills is not None else d.get("n_task_skills")
@@ -168,14 +187,47 @@ def skills_tag(
     return f"{parts}r{r}"
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Named experiments live at the top level (`experiments/<name>.yaml`), outside `conf/`, and are the
+# options of the `experiment` group: `python train.py experiment=<name>`.
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+
+
 def register_configs() -> None:
-    """Register every schema and the `cpoly_skills_tag` resolver (idempotent)."""
+    """Register every schema, the named experiments and the `cpoly_skills_tag` resolver (idempotent)."""
     store = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             store.store(group=group, name=name, node=node)
+    register_experiments(store, EXPERIMENTS_DIR)
     if not OmegaConf.has_resolver("cpoly_skills_tag"):
         OmegaConf.register_new_resolver("cpoly_skills_tag", skills_tag)
+
+
+def method_option(name: str) -> MethodConfig:
+    """The method option `conf/method/<name>.yaml` as it is in its file (no overrides applied)."""
+    path = CONF_DIR / "method" / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+        raise ConfigError(f"method.match_params={name!r}: no method option {path}; options: {', '.join(options)}")
+    raw = OmegaConf.load(path)
+    raw.pop("defaults", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MethodConfig), raw))
+
+
+def register_experiments(store: ConfigStore, folder: Path) -> None:
+    """Each `folder/<name>.yaml` as the option `<name>` of the `experiment` group, at the global package
+    (what `# @package _global_` says in a file under conf/). Through the ConfigStore rather than a
+    search path, because Hydra 1.3 lists ConfigStore groups in `--help` and expands `glob(*)` over them,
+    and does neither for a search-path group (hydra#1942). The files are read, not copied."""
+    if not folder.is_dir():  # a non-editable install ships no experiments
+        return
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            node = OmegaConf.load(path)
+        except Exception as error:  # a YAML syntax error: name the file before Hydra's opaque message
+            raise ConfigError(f"experiment file {path}: {error}") from None
+        store.store(group="experiment", name=path.stem, node=node, package="_global_", provider="cpoly experiments")
 
 
 class ConfigError(ValueError):
@@ -204,6 +256,7 @@ def check_config(cfg: DictConfig) -> None:
         skill = method.skill_config(["_check_"], backbone.target_modules)
     except SkillConfigError as e:
         raise ConfigError(str(e).replace("SkillConfig.", "method.")) from None
+    _check_matching(method, skill)
     if optim.router_lr is not None and not has_router(skill):
         raise ConfigError(
             f"optim.router_lr={optim.router_lr}: method {skill.method} has no router "
@@ -234,6 +287,25 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.logger.name == "wandb" and cfg.logger.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.mode={cfg.logger.mode!r}: must be offline, online or disabled")
     _check_splits_fit_backbone(skill, backbone)
+
+
+def _check_matching(method: MethodConfig, skill: SkillConfig) -> None:
+    from cpoly.skills.matching import DEFAULT_FIELD, MATCH_FIELDS
+
+    if method.match_params is None:
+        if method.match_by is not None:
+            raise ConfigError(f"method.match_by={method.match_by!r}: set method.match_params to the method to match")
+        return
+    if method.match_params == method.name:
+        raise ConfigError(f"method.match_params={method.match_params!r}: a method cannot be matched to itself")
+    reference = method_option(method.match_params)
+    if reference.match_params is not None:
+        raise ConfigError(f"method.match_params={method.match_params!r}: that option is itself parameter-matched")
+    field_name = method.match_by or DEFAULT_FIELD[skill.method]
+    if field_name not in MATCH_FIELDS:
+        raise ConfigError(f"method.match_by={field_name!r}: must be one of {', '.join(MATCH_FIELDS)}")
+    if field_name == "n_skills" and skill.method in ("shared_lora", "task_lora"):
+        raise ConfigError(f"method.match_by=n_skills: method {skill.method} has a fixed skill count; use rank")
 
 
 def _architecture(backbone: BackboneConfig) -> Any | None:

@@ -24,13 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from cpoly.atomic import atomic_write_text
 from cpoly.backbones import BackboneConfig, load_backbone
-from cpoly.config import ConfigError, check_config, register_configs, to_object
+from cpoly.config import ConfigError, MethodConfig, check_config, method_option, register_configs, to_object
 from cpoly.data import load_benchmark
 from cpoly.data.collate import make_collator
 from cpoly.data.example import BenchmarkData, Example
 from cpoly.data.tokenize import tokenize_examples
 from cpoly.logging import WandbLogger
-from cpoly.skills import add_skills, count_parameters, enable_gradient_checkpointing
+from cpoly.skills import SkillConfig, add_skills, count_parameters, enable_gradient_checkpointing
+from cpoly.skills.matching import Matching, adapted_shapes, match_parameters
 from cpoly.train.evaluation import evaluate
 from cpoly.train.loop import LoopState, TrainLoop
 from cpoly.train.reporting import RunReporter, git_sha
@@ -86,6 +87,23 @@ def first_per_task(examples: list[Example], per_task: int | None) -> list[Exampl
     return kept
 
 
+def sized_skill_config(
+    method: MethodConfig, task_names: list[str], backbone: Any, modules_to_save: list[str]
+) -> tuple[SkillConfig, Matching | None]:
+    """The run's skill configuration; with `method.match_params`, sized to that method's adapter count."""
+    skill_config = method.skill_config(task_names, backbone.config.target_modules, modules_to_save)
+    if method.match_params is None:
+        return skill_config, None
+    reference = method_option(method.match_params).skill_config(task_names, backbone.config.target_modules)
+    shapes = adapted_shapes(backbone.model, skill_config.target_modules)
+    skill_config, matching = match_parameters(skill_config, reference, shapes, method.match_by, method.match_params)
+    log.info(
+        "parameter matching: %s=%d gives %d adapter parameters against %d of %s",
+        matching.field, matching.value, matching.parameters, matching.reference_parameters, matching.reference,
+    )  # fmt: skip
+    return skill_config, matching
+
+
 def throughput(state: LoopState, accelerator: Accelerator) -> dict[str, Any]:
     """Tokens (inputs + targets, all processes) per second of optimizer steps, seconds per step, and the
     peak memory of this process (the CUDA allocator's, else the peak resident set)."""
@@ -135,9 +153,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         device_supports_bf16=accelerator.device.type == "cuda" and torch.cuda.is_bf16_supported(),
     )
     modules_to_save = backbone.model.modules_to_save if encoder else []
-    model = add_skills(
-        backbone.model, method.skill_config(data.task_names, backbone_cfg.target_modules, modules_to_save)
-    )
+    skill_config, matching = sized_skill_config(method, data.task_names, backbone, modules_to_save)
+    model = add_skills(backbone.model, skill_config)
     model.to(accelerator.device)
     if backbone_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -221,6 +238,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "metric": data.metric,
             "main_metric": data.main_metric,
             "parameters": count_parameters(model),
+            "parameter_matching": matching.to_dict() if matching else None,
             "throughput": throughput(state, accelerator),
             "git_sha": git_sha(Path(cfg.paths.root_dir)),
             "world_size": accelerator.num_processes,
