@@ -163,14 +163,13 @@ def skills_tag(
     match_params: str | None = None,
     match_by: str | None = None,
 ) -> str:
-    """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2;
-    a parameter-matched run names what it matches instead of the knob it sizes (poly: match_cpoly-r2)."""
+    """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2. A
+    parameter-matched run shows the knob it sizes as M and names the method it matches: kMr2-match_cpoly."""
     if match_params is not None:
         from cpoly.skills.matching import DEFAULT_FIELD
 
         by = match_by or DEFAULT_FIELD.get(method, "n_skills")
-        r = rank if rank is not None else METHOD_DEFAULTS.get(method, {}).get("rank")
-        return f"match_{match_params}" + (f"-r{r}" if by == "n_skills" else "")
+        n_skills, rank = ("M", rank) if by == "n_skills" else (n_skills, "M")
     d = METHOD_DEFAULTS.get(method, {})
     k = n_skills if n_skills is not None else d.get("n_skills")
     b = n_task_skills if n_task_skills is not None else d.get("n_task_skills")
@@ -184,7 +183,8 @@ def skills_tag(
         "mhr": f"k{k}s{s}",
         "cpoly": f"a{k}b{b}" + (f"s{s}" if s and s > 1 else ""),
     }.get(method, f"k{k}b{b}s{s}")
-    return f"{parts}r{r}"
+    tag = f"{parts}r{r}"
+    return tag if match_params is None else f"{tag}-match_{match_params}"
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

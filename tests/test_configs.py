@@ -35,11 +35,12 @@ def test_debug_options_compose(option, tmp_path):
     assert cfg.task_name == "debug" and cfg.logger.name == "none"
 
 
-def test_default_is_cpoly_on_synthetic_with_tiny_t5(tmp_path):
-    cfg = compose_train([], output_dir=tmp_path)
-    assert (cfg.method.name, cfg.benchmark.name, cfg.backbone.name) == ("cpoly", "synthetic", "tiny_t5")
-    assert cfg.run_name == "synthetic-tiny_t5-cpoly-a3b1r2-s1"
-    assert cfg.group == "synthetic-tiny_t5-cpoly-a3b1r2"
+def test_default_is_cpoly_on_synthetic_with_the_pretrained_strings_t5(tmp_path):
+    cfg = compose_train([], output_dir=tmp_path, test_backbone=False)
+    assert (cfg.method.name, cfg.benchmark.name, cfg.backbone.name) == ("cpoly", "synthetic", "strings_t5")
+    assert cfg.backbone.source == "inhouse" and cfg.benchmark.private_substitutions == 2
+    assert cfg.run_name == "synthetic-strings_t5-cpoly-a3b1r2-s1"
+    assert cfg.group == "synthetic-strings_t5-cpoly-a3b1r2"
     assert cfg.logger.group == cfg.group
     check_config(cfg)
 
@@ -50,6 +51,40 @@ def test_run_names_carry_the_key_numbers():
     assert skills_tag("moe_lora", 4, 0, 1, 2) == "e4r2"
     assert skills_tag("shared_lora", 1, 0, 1, 8) == "r8"
     assert skills_tag("poly", None, None, None, None) == "k4r2"  # method defaults fill nulls
+    # a parameter-matched run shows the knob it sizes as M and names what it matches
+    assert skills_tag("poly", None, 0, 1, 2, "cpoly", "n_skills") == "kMr2-match_cpoly"
+    assert skills_tag("shared_lora", 1, 0, 1, None, "cpoly", "rank") == "rM-match_cpoly"
+    assert skills_tag("cpoly", None, 2, 1, 2, "cpoly_b3", None) == "aMb2r2-match_cpoly_b3"
+
+
+def test_experiments_live_at_the_top_level_and_state_only_their_deltas(tmp_path):
+    """experiments/<name>.yaml are the options of `experiment=` (no copies under conf/); a paper setting is
+    one base per benchmark and backbone with the method as an ordinary override."""
+    assert not (CONF_DIR / "experiment").exists()
+    assert "superni-flan_t5_large" in group_options("experiment")
+    for method in ("poly", "task_lora"):
+        cfg = compose_train(["experiment=superni-flan_t5_large", f"method={method}"], output_dir=tmp_path)
+        assert (cfg.backbone.name, cfg.benchmark.name, cfg.method.name) == ("flan_t5_large", "superni", method)
+        assert cfg.trainer.max_steps == 12500
+    for path in sorted((CONF_DIR.parent / "experiments").glob("*.yaml")):
+        header = path.read_text().split("defaults:")[0].split("hydra:")[0]
+        assert "Reproduces:" in header and "Time:" in header and "Budget" in header, path.name
+
+
+def test_parameter_matching_options_are_checked_before_anything_loads(tmp_path):
+    cfg = compose_train(["method=poly_matched"], output_dir=tmp_path)
+    check_config(cfg)
+    assert cfg.group.endswith("poly_matched-kMr2-match_cpoly")
+    bad = [
+        (["method.match_params=nope"], "no method option"),
+        (["method=cpoly", "method.match_params=cpoly"], "matched to itself"),
+        (["method=cpoly", "method.match_by=rank"], "set method.match_params"),
+        (["method=task_lora", "method.match_params=cpoly", "method.match_by=n_skills"], "fixed skill count"),
+        (["method=poly", "method.match_params=poly_matched"], "itself parameter-matched"),
+    ]
+    for overrides, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            check_config(compose_train(overrides, output_dir=tmp_path))
 
 
 def test_overrides_reach_the_method(tmp_path):

@@ -1,4 +1,4 @@
-"""The synthetic benchmark: determinism, shared skill structure, and the skill-recovery score."""
+"""The synthetic benchmark: determinism, shared and private structure, and the skill-recovery score."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from cpoly.data.synthetic import (
     apply_skills,
     load_synthetic,
     skill_recovery,
+    structure_entropy,
+    substitute,
 )
 
 
@@ -52,7 +54,8 @@ def test_default_benchmark_shape_and_targets():
     for ex in data.train[:50] + data.eval[:50]:
         word = ex.source.removesuffix(" =")
         assert cfg.min_length <= len(word) <= cfg.max_length
-        assert ex.target == apply_skills(word, data.skill_structure[ex.task], cfg.alphabet) != ""
+        table = data.info["private_substitutions"][ex.task]
+        assert ex.target == apply_skills(substitute(word, table), data.skill_structure[ex.task], cfg.alphabet) != ""
         assert ex.task not in ex.source  # task identity comes only through routing by default
     for task in data.task_names:  # eval inputs are unseen in training
         train_inputs = {ex.source for ex in data.train if ex.task == task}
@@ -163,3 +166,37 @@ def test_benchmark_yaml_lists_every_field_with_its_default():
     values = OmegaConf.to_container(OmegaConf.load(path))
     assert values.pop("defaults") == ["synthetic_schema", "_self_"]
     assert values == dataclasses.asdict(SyntheticConfig())
+
+
+def test_private_substitutions_zero_is_the_purely_shared_benchmark():
+    """The knob's zero value gives exactly the benchmark without private structure: targets are the shared
+    skills of the words alone, and the words and tasks are those a positive value draws too."""
+    shared = load_synthetic(SyntheticConfig(private_substitutions=0))
+    private = load_synthetic(SyntheticConfig(private_substitutions=2))
+    assert shared.info["private_substitutions"] == {}
+    assert shared.skill_structure == private.skill_structure
+    for ex in shared.train[:100]:
+        assert ex.target == apply_skills(ex.source.removesuffix(" ="), shared.skill_structure[ex.task], "abcdefgh")
+    differs = sum(a.target != b.target for a, b in zip(shared.train, private.train, strict=False))
+    assert differs > len(shared.train) // 3  # the substitution changes most words' answers
+
+
+def test_each_task_has_a_substitution_of_its_own():
+    cfg = SyntheticConfig(private_substitutions=2)
+    tables = load_synthetic(cfg).info["private_substitutions"]
+    assert len(tables) == cfg.n_tasks
+    assert len({tuple(sorted(t.items())) for t in tables.values()}) == cfg.n_tasks
+    for table in tables.values():
+        assert len(table) == 2 and all(a != b and a in cfg.alphabet and b in cfg.alphabet for a, b in table.items())
+    assert substitute("abba", {"a": "b", "b": "a"}) == "baab"  # simultaneous, so a swap is a swap
+
+
+def test_too_many_private_substitutions_is_a_clear_error():
+    with pytest.raises(ValueError, match="private_substitutions"):
+        SyntheticConfig(private_substitutions=9)
+
+
+def test_structure_entropy_of_the_true_allocation():
+    structure = {"a": ["x"], "b": ["x", "y"], "c": ["x", "y", "z", "w"]}
+    # one skill: 0; two of four: log 2 / log 4 = 0.5; four of four: 1
+    assert structure_entropy(list(structure), structure) == pytest.approx((0 + 0.5 + 1) / 3)

@@ -130,7 +130,7 @@ class SyntheticConfig:
     min_tasks_per_skill: int = 2
     # Task-private structure: each task remaps this many letters with a substitution only it has (applied
     # to the input first). 0: none, the purely shared benchmark.
-    private_substitutions: int = 0
+    private_substitutions: int = 2
     # `{input}` is the input word, `{task}` the task name (absent by default: see the module doc).
     # The trailing cue tells a decoder-only backbone where the answer starts.
     source_template: str = "{input} ="
@@ -332,6 +332,16 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
             "private_substitutions": {task: table for task, table in zip(task_names, tables, strict=True) if table},
         },
     )
+
+
+def structure_entropy(task_names: Sequence[str], skill_structure: Mapping[str, Sequence[str]]) -> float:
+    """Mean normalised entropy of the true allocation (each task uniform over its atomic skills, over all
+    skills the tasks use): the value a learned allocation's entropy is compared with (0: one skill per
+    task, 1: every task uses every skill)."""
+    skills = sorted({s for t in task_names for s in skill_structure[t]})
+    if len(skills) < 2:
+        return 0.0
+    return float(np.mean([np.log(len(skill_structure[t])) / np.log(len(skills)) for t in task_names]))
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 Any W&B error (at init or in a later call) is reported once with `logging.warning` and turns the
 logger into a no-op for the rest of the run. `WANDB_MODE` in the environment wins over the config's
-mode, so `WANDB_MODE=disabled` (tests, CI) and `WANDB_MODE=offline` (no network) always hold."""
+mode, so `WANDB_MODE=disabled` (tests, CI) and `WANDB_MODE=offline` (no network) always hold.
+
+The run's config is `run_config(config)`: the flat keys a dashboard groups and filters by
+(`dashboard_config`) ahead of the full resolved config."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STEP_METRIC = "train/step"
 MODES = ("online", "offline", "disabled")
+SKILL_COUNTS = ("n_skills", "n_task_skills", "n_splits", "rank")
 
 
 @dataclasses.dataclass
@@ -95,7 +99,11 @@ class WandbLogger:
         config: Mapping[str, Any] | Any | None = None,
         run_id: str | None = None,
         enabled: bool = True,
+        skills: Any = None,
     ) -> None:
+        """`config`: the resolved run config; `skills`: the skill configuration the run actually uses
+        (a `SkillConfig` or a mapping), whose counts replace the config's nulls (method defaults,
+        parameter matching) in the dashboard keys."""
         self.settings = WandbSettings.from_any(settings)
         self.run_name = run_name
         self._run: Any = None
@@ -104,7 +112,7 @@ class WandbLogger:
         if self.mode == "disabled":
             return
         try:
-            self._run = self._init(_plain_config(config))
+            self._run = self._init(run_config(config, skills))
             self._run_id = self._run.id
             self._define_metrics()
         except Exception as error:  # noqa: BLE001
@@ -151,10 +159,11 @@ class WandbLogger:
     def _define_metrics(self) -> None:
         run = self._run
         run.define_metric(STEP_METRIC)
+        # Metric values are percentages, higher is better: the run summary keeps the best. Before
+        # `val/*`: W&B applies the first glob defined that matches a key.
+        run.define_metric("val/avg/*", step_metric=STEP_METRIC, summary="max")
         for pattern in ("train/*", "val/*", "alloc/*"):
             run.define_metric(pattern, step_metric=STEP_METRIC)
-        # Metric values are percentages, higher is better: the run summary keeps the best.
-        run.define_metric("val/avg/*", step_metric=STEP_METRIC, summary="max")
 
     def _fail(self, what: str, error: BaseException) -> None:
         log.warning("W&B %s (%s: %s); W&B logging is off for the rest of this run", what, type(error).__name__, error)
@@ -211,6 +220,45 @@ class WandbLogger:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.finish(exit_code=0 if exc_type is None else 1)
+
+
+def dashboard_config(config: Mapping[str, Any], skills: Any = None) -> dict[str, Any]:
+    """The keys researchers group and filter runs by, flat: `method` (the method option's name),
+    `method_kind`, `backbone`, `benchmark`, the skill counts `n_skills`, `n_task_skills`, `n_splits`,
+    `rank`, `examples_per_task` and `seed`, from a resolved config. The counts are those of `skills`
+    (the skill configuration the run uses: a `SkillConfig` or a mapping) where it has them, else the
+    config's `method` section's (null there: a method default). Absent entries are None."""
+
+    def section(name: str) -> Mapping[str, Any]:
+        value = config.get(name)
+        return value if isinstance(value, Mapping) else {}
+
+    def used(key: str) -> Any:
+        value = skills.get(key) if isinstance(skills, Mapping) else getattr(skills, key, None)
+        return section("method").get(key) if value is None else value
+
+    return {
+        "method": section("method").get("name"),
+        "method_kind": section("method").get("method"),
+        "backbone": section("backbone").get("name"),
+        "benchmark": section("benchmark").get("name"),
+        **{key: used(key) for key in SKILL_COUNTS},
+        "examples_per_task": section("benchmark").get("n_train_per_task"),
+        "seed": config.get("seed"),
+    }
+
+
+def run_config(config: Any, skills: Any = None) -> dict[str, Any] | None:
+    """What `wandb.init` gets: `dashboard_config`'s keys, then the full resolved config. A section whose
+    name a dashboard key holds (`method`, `backbone`, `benchmark`: there the option's name, which is also
+    what a W&B sweep over that Hydra group sets, overriding the config) moves, unchanged, to
+    `<name>_config`; the other keys keep their place."""
+    config = _plain_config(config)
+    if config is None:
+        return None
+    flat = dashboard_config(config, skills)
+    nested = {(f"{k}_config" if k in flat and isinstance(v, Mapping) else k): v for k, v in config.items()}
+    return {**flat, **nested}
 
 
 def _plain_config(config: Any) -> dict[str, Any] | None:

@@ -16,9 +16,10 @@ import torch
 
 from cpoly.atomic import atomic_write_text
 from cpoly.data.example import BenchmarkData, Example
-from cpoly.data.synthetic import skill_recovery
+from cpoly.data.synthetic import skill_recovery, structure_entropy
 from cpoly.logging import MetricsLog, WandbLogger, allocation_entropy, plot_allocation, write_results
 from cpoly.skills import allocation_matrix
+from cpoly.skills.usage import exclusive_skill_usage
 from cpoly.train.evaluation import Evaluation
 from cpoly.train.loop import LoopState
 
@@ -96,6 +97,27 @@ class RunReporter:
         value = skill_recovery(mean.reshape(mean.shape[0], -1), self.data.task_names, self.data.skill_structure)
         return value if math.isfinite(value) else None  # NaN: the allocation has not moved yet
 
+    def allocation_record(self) -> dict[str, Any] | None:
+        """The learned allocation for results.json: the layer-averaged shared-skill probabilities (T x S*K,
+        what the report's dendrograms cluster), W_B averaged over layers, and the allocation's mean
+        normalised entropy beside the true structure's (synthetic benchmark)."""
+        if not self.has_allocation:
+            return None
+        allocation = allocation_matrix(self.model)
+        mean = allocation.mean.reshape(allocation.mean.shape[0], -1)
+        record = {
+            "tasks": allocation.task_names,
+            "shared": [[round(float(v), 5) for v in row] for row in mean],
+            "task_weights": None
+            if allocation.task_weights is None
+            else [[round(float(v), 5) for v in row] for row in allocation.task_weights],
+            "entropy": round(allocation_entropy(allocation), 4),
+            "true_entropy": None,
+        }
+        if self.data.skill_structure:
+            record["true_entropy"] = round(structure_entropy(self.data.task_names, self.data.skill_structure), 4)
+        return record
+
     def results(self, state: LoopState, run_info: dict[str, Any]) -> dict[str, Any]:
         """`results.json`'s content: `run_info` (names, parameters, protocol facts) plus the outcome."""
         return {
@@ -104,6 +126,8 @@ class RunReporter:
             "final": {"step": state.step, **split_average(state.last_scores)},
             "best": {"step": state.best_step, **split_average(state.best_scores)},
             "skill_recovery": self.skill_recovery(),
+            "exclusive_skills": exclusive_skill_usage(self.model),
+            "allocation": self.allocation_record(),
             "steps": state.step,
             "train_seconds": round(state.train_seconds, 2),
             "status": "finished",
@@ -127,7 +151,9 @@ class RunReporter:
             return
         write_results(self.out / "results.json", results)
         summary = {f"params/{k}": v for k, v in results["parameters"].items()}
-        summary |= {f"final/{k}": v for k, v in results["final"]["avg"].items()}
+        for when in ("final", "best"):  # the last evaluation's averages and the best step's
+            summary |= {f"{when}/{k}": v for k, v in results[when]["avg"].items()}
+            summary[f"{when}/step"] = results[when]["step"]
         if results["skill_recovery"] is not None:
             summary["skill_recovery"] = results["skill_recovery"]
         self.wandb.summary(summary)
@@ -149,6 +175,19 @@ def summary_text(results: dict[str, Any], out: Path) -> str:
     lines.append(row("average", results["final"]["avg"]))
     if results["skill_recovery"] is not None:
         lines.append(f"  skill_recovery (allocation vs true skill structure): {results['skill_recovery']:.3f}")
+    if results.get("allocation") and results["allocation"]["true_entropy"] is not None:
+        allocation = results["allocation"]
+        lines.append(
+            f"  allocation entropy {allocation['entropy']:.3f} (true structure {allocation['true_entropy']:.3f}; "
+            "1 = uniform)"
+        )
+    if results.get("exclusive_skills") and results["exclusive_skills"]["reliance"] is not None:
+        usage = results["exclusive_skills"]
+        own = usage["own_task_weight"]
+        lines.append(
+            f"  reliance on exclusive skills {usage['reliance']:.3f}"
+            + ("" if own is None else f", W_B weight on the task's own skills {own:.3f}")
+        )
     best = results["best"].get("avg", {}).get(main_metric, float("nan"))
     lines.append(f"  {main_metric} best {best:.2f} at step {results['best']['step']}")
     lines.append(f"results: {out / 'results.json'}")

@@ -7,17 +7,33 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from cpoly.config import register_configs
+from cpoly.config import EXPERIMENTS_DIR, register_configs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 
 
+# The tests' backbone unless a test names one: the random tiny T5 (no pretraining, loads in a second).
+# The embedded default (strings_t5) pre-trains once for minutes; tests that want it say backbone=strings_t5.
+TEST_BACKBONE = "backbone=tiny_t5"
+
+
+def with_test_backbone(overrides) -> list[str]:
+    overrides = list(overrides)
+    names = ("backbone=", "experiment=", "+experiment=")
+    return overrides if any(o.startswith(names) for o in overrides) else [TEST_BACKBONE, *overrides]
+
+
 def compose_train(
-    overrides: list[str] = (), output_dir: Path | None = None, cache_dir: Path | None = None
+    overrides: list[str] = (),
+    output_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    test_backbone: bool = True,
 ) -> DictConfig:
-    """`conf/train.yaml` with `overrides`; outputs under `output_dir` (no Hydra runtime needed)."""
+    """`conf/train.yaml` with `overrides` (and, with `test_backbone`, tiny_t5 unless they name a backbone);
+    outputs under `output_dir` (no Hydra runtime needed)."""
     register_configs()
+    overrides = with_test_backbone(overrides) if test_backbone else list(overrides)
     extra = []
     if output_dir is not None:
         extra.append(f"paths.output_dir={output_dir}")
@@ -28,4 +44,5 @@ def compose_train(
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    folder = EXPERIMENTS_DIR if group == "experiment" else CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from helpers.compose import REPO_ROOT
+from helpers.compose import REPO_ROOT, with_test_backbone
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 
@@ -17,5 +17,5 @@ def train_py(
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     if cache_dir is not None:
         env["CPOLY_CACHE_DIR"] = str(cache_dir)
-    command = [*(launcher or [sys.executable]), str(REPO_ROOT / "train.py"), *args]
+    command = [*(launcher or [sys.executable]), str(REPO_ROOT / "train.py"), *with_test_backbone(args)]
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
