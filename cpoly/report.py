@@ -11,10 +11,11 @@ skipped with a note on stderr.
 Groups. Runs are grouped by their group name (the run name without the seed) *and* by the values of every
 config key that differs between the loaded runs, read from the `config_resolved.yaml` beside each
 `results.json` (else from `results["config"]`, else the group name alone). Per-run bookkeeping keys
-(`BOOKKEEPING_KEYS`: seed, run name, paths, logger, ...) never split groups. A group's label is its group
-name plus `key=value` for the differing keys that the group name does not already determine, e.g.
-`synthetic-strings_t5-cpoly-a3b1r2 optim.lr=0.001`. Groups are split into sections by (benchmark,
-metric); only groups within one section are compared.
+(`BOOKKEEPING_KEYS`: seed, run name, paths, logger, ...) never split groups; a key missing from a config
+counts as null (configs written before the key existed). A group's label is its group name plus
+`key=value` for the differing keys that the group name does not already determine (those with more than
+one value among the runs of that name), e.g. `synthetic-strings_t5-cpoly-a3b1r2 optim.lr=0.001`. Groups
+are split into sections by (benchmark, metric); only groups within one section are compared.
 
 Statistics. Each group row has n (seeds with the metric), the mean ± sample standard deviation over
 seeds of the macro-averaged metric, the Student-t 95% confidence interval of the mean (n/a for n = 1),
@@ -31,9 +32,10 @@ Flags:
   --per-task / --no-per-task
                         per-task columns (default on)
   --baseline M          compare every group with a baseline, paired by seed (seeds present in both). M is
-                        a group label (that one group is the baseline of its section), or a method or group
-                        name: then each group is paired with the baseline group that has the same values
-                        of every differing key except the method's (`method.*` and METHOD_DERIVED_KEYS).
+                        a group label (that one group is the baseline of every group in its section), or a
+                        method or group name: then each group is paired with the group of that method that
+                        has the same backbone and the same values of every differing key except the
+                        method's own (`method.*` and METHOD_DERIVED_KEYS); none or several: n/a, and why.
                         Prints a "vs M" table per section: pairs, mean and std of the differences
                         (group - baseline), their 95% CI and a two-sided p-value; n/a with < 2 pairs
   --test ttest|bootstrap
@@ -107,16 +109,6 @@ class ReportError(ValueError):
     """Bad input for the report (an unknown --baseline or --x, nothing to draw): one line for stderr."""
 
 
-class _Absent:
-    """A config key a run does not have."""
-
-    def __repr__(self) -> str:
-        return "absent"
-
-
-ABSENT = _Absent()
-
-
 @dataclass
 class GroupSummary:
     group: str
@@ -171,6 +163,7 @@ class Comparison:
     group: GroupSummary
     baseline: GroupSummary | None
     test: str = "ttest"
+    reference: str = ""  # the --baseline argument
     seeds: list[Any] = field(default_factory=list)  # the seeds both groups have
     diffs: list[float] = field(default_factory=list)
     ci_low: float = math.nan
@@ -338,21 +331,18 @@ def is_method_key(key: str) -> bool:
 
 
 def _canonical(value: Any) -> str:
-    if value is ABSENT:
-        return "\0absent"
     return json.dumps(value, sort_keys=True, default=str)
 
 
 def differing_keys(configs: Iterable[dict[str, Any] | None]) -> list[str]:
-    """The non-bookkeeping keys whose value (or presence) is not the same in every given config."""
+    """The non-bookkeeping keys whose value is not the same in every given config; a key a config lacks
+    counts as null there (a config written before the key existed)."""
     configs = [c for c in configs if c is not None]
     keys = sorted({k for c in configs for k in c if not is_bookkeeping(k)})
-    return [k for k in keys if len({_canonical(c.get(k, ABSENT)) for c in configs}) > 1]
+    return [k for k in keys if len({_canonical(c.get(k)) for c in configs}) > 1]
 
 
 def format_value(value: Any) -> str:
-    if value is ABSENT:
-        return "absent"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -381,22 +371,23 @@ def summarise(
     `main_metric`; `which` is `final` or `best`."""
     configs = [run_config(run) for run in runs]
     keys = differing_keys(configs)
-    # A differing key is shown in the labels unless the group name determines it.
+    # A group's label shows the differing keys its group name does not determine: those that take
+    # more than one value among the loaded runs of that name.
     per_name: dict[str, dict[str, set[str]]] = {}
     for run, config in zip(runs, configs, strict=True):
         if config is not None:
             for key in keys:
-                per_name.setdefault(group_name(run), {}).setdefault(key, set()).add(_canonical(config.get(key, ABSENT)))
-    shown_keys = [k for k in keys if any(len(values[k]) > 1 for values in per_name.values())]
+                per_name.setdefault(group_name(run), {}).setdefault(key, set()).add(_canonical(config.get(key)))
+    shown_keys = {name: [k for k in keys if len(values[k]) > 1] for name, values in per_name.items()}
 
     groups: dict[tuple, GroupSummary] = {}
     for run, config in zip(runs, configs, strict=True):
         name = group_name(run)
-        settings = None if config is None else {k: config.get(k, ABSENT) for k in keys}
+        settings = None if config is None else {k: config.get(k) for k in keys}
         identity = (name, None if settings is None else tuple(_canonical(v) for v in settings.values()))
         summary = groups.get(identity)
         if summary is None:
-            shown = {} if settings is None else {k: format_value(settings[k]) for k in shown_keys}
+            shown = {} if settings is None else {k: format_value(settings[k]) for k in shown_keys.get(name, [])}
             summary = groups[identity] = GroupSummary(
                 group=name,
                 benchmark=str(run.get("benchmark", "")),
@@ -488,7 +479,7 @@ def compare(groups: Sequence[GroupSummary], baseline: str, test: str = "ttest") 
             if any(g is r for r in references):
                 continue
             if not references:
-                comparisons.append(Comparison(g, None, test, note=f"no {baseline} group in this section"))
+                comparisons.append(Comparison(g, None, test, baseline, note=f"no {baseline} group in this section"))
                 continue
             if by_label:
                 candidates = by_label
@@ -497,14 +488,14 @@ def compare(groups: Sequence[GroupSummary], baseline: str, test: str = "ttest") 
                 candidates = [r for r in references if _matching_settings(r) == wanted]
             if not candidates:
                 note = f"no {baseline} group with the same {_unmatched(g, references)}"
-                comparisons.append(Comparison(g, None, test, note=note))
+                comparisons.append(Comparison(g, None, test, baseline, note=note))
                 continue
             if len(candidates) > 1:
                 names = ", ".join(r.label for r in candidates)
                 note = f"ambiguous: {names}; pass one label as --baseline"
-                comparisons.append(Comparison(g, None, test, note=note))
+                comparisons.append(Comparison(g, None, test, baseline, note=note))
                 continue
-            comparisons.append(pair(g, candidates[0], test))
+            comparisons.append(pair(g, candidates[0], test, reference=baseline))
     return comparisons
 
 
@@ -516,15 +507,18 @@ def _unmatched(g: GroupSummary, references: Sequence[GroupSummary]) -> str:
     for key, value in g.settings.items():
         if not is_method_key(key) and all(_canonical(r.settings.get(key)) != _canonical(value) for r in references):
             parts.append(f"{key}={format_value(value)}")
+    if len(parts) > 4:
+        parts = parts[:4] + [f"{len(parts) - 4} more"]
     return ", ".join(parts) or "combination of settings"
 
 
-def pair(group: GroupSummary, baseline: GroupSummary, test: str = "ttest") -> Comparison:
+def pair(group: GroupSummary, baseline: GroupSummary, test: str = "ttest", reference: str = "") -> Comparison:
     """`group` against `baseline` on the seeds both have a value for (in `group`'s seed order)."""
     seeds = [s for s in group.seed_values if s in baseline.seed_values]
     a = [group.seed_values[s] for s in seeds]
     b = [baseline.seed_values[s] for s in seeds]
-    comparison = Comparison(group, baseline, test, seeds=seeds, diffs=[x - y for x, y in zip(a, b, strict=True)])
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    comparison = Comparison(group, baseline, test, reference or baseline.label, seeds=seeds, diffs=diffs)
     if len(seeds) < 2:
         comparison.note = f"{len(seeds)} common seed{'s' * (len(seeds) != 1)}: no test"
         return comparison
@@ -564,8 +558,8 @@ def markdown_table(
 def _comparison_block(members: Sequence[GroupSummary], comparisons: Sequence[Comparison]) -> str:
     mine = [c for c in comparisons if any(c.group is g for g in members)]
     test = mine[0].test if mine else "ttest"
-    references = list(dict.fromkeys(c.baseline.label for c in mine if c.baseline is not None))
-    title = f"### vs {', '.join(references) or 'baseline'}: paired by seed, group - baseline ({TESTS[test]})"
+    reference = mine[0].reference if mine else ""
+    title = f"### vs {reference or 'baseline'}: paired by seed, group - baseline ({TESTS[test]})"
     if not mine:
         return f"{title}\n\nno other group to compare"
     notes = any(c.note for c in mine)
@@ -647,7 +641,7 @@ def csv_table(
                 g.parameters.get("total", ""),
             ]
             + diff
-            + [g.shown.get(k, "") for k in shown]
+            + ["" if g.settings is None else format_value(g.settings.get(k)) for k in shown]
             + [_csv_number(g.task_mean(t)) for t in tasks]
         )
     return buffer.getvalue()
@@ -711,6 +705,11 @@ def curve_table(groups: Sequence[GroupSummary], x_key: str = DEFAULT_CURVE_X) ->
     return "\n\n".join(blocks) + "\n"
 
 
+def log_x_axis(values: Sequence[float]) -> bool:
+    """A log x axis for positive x values that span more than 8x."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 8
+
+
 def plot_curves(groups: Sequence[GroupSummary], path: str | Path, x_key: str = DEFAULT_CURVE_X) -> Path:
     """The sample-efficiency figure: the metric against `x_key`, one line per group label without the x
     key (mean over seeds, ± 1 std band, markers), log x axis when x spans more than 8x; one panel per
@@ -722,7 +721,8 @@ def plot_curves(groups: Sequence[GroupSummary], path: str | Path, x_key: str = D
     parts = curve_points(groups, x_key)
     if not parts:
         raise ReportError(f"--curve: no group's config has {x_key!r}")
-    fig = new_figure(6.5 * len(parts), 4.8)
+    longest = max(len(line) for lines in parts.values() for line in lines)
+    fig = new_figure(min(40.0, (6.0 + min(10.0, 0.055 * longest)) * len(parts)), 4.8)
     axes = fig.subplots(1, len(parts), squeeze=False)[0]
     for ax, ((benchmark, metric), lines) in zip(axes, parts.items(), strict=True):
         xs = _x_values(lines)
@@ -737,7 +737,7 @@ def plot_curves(groups: Sequence[GroupSummary], path: str | Path, x_key: str = D
             ax.plot(px, mean, marker="o", color=colour, label=line)
             ax.fill_between(px, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
         values = [position[x] for x in xs]
-        if numeric and min(values) > 0 and max(values) / min(values) > 8:
+        if numeric and log_x_axis(values):
             ax.set_xscale("log")
             ax.minorticks_off()
         ax.set_xticks(values, [format_value(x) for x in xs])
@@ -746,7 +746,7 @@ def plot_curves(groups: Sequence[GroupSummary], path: str | Path, x_key: str = D
         ax.set_ylabel(f"{metric} ({first.which}, mean ± std over seeds)")
         ax.set_title(benchmark)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=min(9.0, label_fontsize(3 * len(lines))))
+        ax.legend(fontsize=min(8.0, label_fontsize(3 * len(lines))), loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return save_figure(fig, path)
 
 
@@ -760,7 +760,8 @@ def plot_groups(groups: Sequence[GroupSummary], path: str | Path) -> Path:
 
     parts = sections(groups)
     n_rows = sum(len(m) for m in parts.values())
-    fig = new_figure(9.0, min(40.0, 1.2 * len(parts) + 0.35 * n_rows + 0.8))
+    longest = max(len(g.label) for g in groups) + 6
+    fig = new_figure(min(30.0, 6.0 + 0.07 * longest), min(40.0, 1.2 * len(parts) + 0.35 * n_rows + 0.8))
     axes = fig.subplots(len(parts), 1, squeeze=False, height_ratios=[len(m) + 1 for m in parts.values()])[:, 0]
     methods = sorted({g.method for g in groups}, key=lambda m: (_method_rank(m), m))
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
@@ -783,7 +784,8 @@ def allocation_panels(groups: Sequence[GroupSummary]) -> list[tuple[str, list[st
     for g in groups:
         if g.allocations:
             seed, tasks, matrix = min(g.allocations, key=lambda a: _value_sort_key(a[0]))
-            panels.append((f"{g.label}\n(seed {seed} of {len(g.seeds)})", tasks, matrix))
+            n = len(g.seeds)
+            panels.append((f"{g.label}\n(seed {seed}, the first of {n} seed{'s' * (n != 1)})", tasks, matrix))
     return panels
 
 
@@ -854,8 +856,9 @@ def _markdown_row(cells: Sequence[str]) -> str:
 
 
 def _markdown_rule(header: Sequence[str], text_columns: int = 3) -> str:
-    # Text columns left, numbers right.
-    return "|" + "|".join(":---" if i < text_columns else "---:" for i in range(len(header))) + "|"
+    # Text columns (the first `text_columns` and a note) left, numbers right.
+    cells = [":---" if i < text_columns or name == "note" else "---:" for i, name in enumerate(header)]
+    return "|" + "|".join(cells) + "|"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

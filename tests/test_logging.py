@@ -7,11 +7,14 @@ import logging
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import wandb
+from helpers.compose import compose_train
 from helpers.tiny_models import TASKS, tiny_t5
+from omegaconf import OmegaConf
 from PIL import Image
 
 import cpoly.atomic
@@ -27,7 +30,9 @@ from cpoly.logging import (
     read_results,
     write_results,
 )
+from cpoly.logging.wandb_logger import dashboard_config, run_config
 from cpoly.skills.model import Allocation
+from cpoly.train.reporting import RunReporter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -268,6 +273,179 @@ def test_a_failing_call_disables_the_logger_once(tmp_path: Path, monkeypatch, ca
     logger.summary({"params/trainable": 3})
     logger.finish()
     assert run.finished == [1] and logger.run_id == "flaky01"
+
+
+# ---------------------------------------------------------------- W&B: what a run receives
+
+# A resolved run config as `train.py` hands it over (the sections the dashboard keys come from, plus
+# one that keeps its place): Poly sized by parameter matching, so `n_skills` is null until run time.
+RESOLVED_CONFIG = {
+    "task_name": "sample_efficiency",
+    "seed": 2,
+    "method": {"name": "poly_matched", "method": "poly", "rank": 2, "n_skills": None, "n_task_skills": 0},
+    "backbone": {"name": "tiny_t5", "kind": "seq2seq"},
+    "benchmark": {"name": "synthetic", "n_train_per_task": 32, "n_tasks": 2},
+    "trainer": {"max_steps": 30, "batch_size": 8},
+}
+DASHBOARD = {
+    "method": "poly_matched",
+    "method_kind": "poly",
+    "backbone": "tiny_t5",
+    "benchmark": "synthetic",
+    "n_skills": 5,  # from the skills the run uses, not the config's null
+    "n_task_skills": 0,
+    "n_splits": 1,  # a method default: absent from the config's method section
+    "rank": 2,
+    "examples_per_task": 32,
+    "seed": 2,
+}
+
+
+def used_skills() -> SkillConfig:
+    return SkillConfig(method="poly", rank=2, n_skills=5, n_task_skills=0, n_splits=1, task_names=["task_a", "task_b"])
+
+
+def test_dashboard_config_takes_the_counts_actually_used() -> None:
+    assert dashboard_config(RESOLVED_CONFIG, used_skills()) == DASHBOARD
+    as_mapping = {"n_skills": 5, "n_splits": 1, "rank": None}  # None: fall back to the config
+    assert dashboard_config(RESOLVED_CONFIG, as_mapping) == DASHBOARD
+    without = dashboard_config(RESOLVED_CONFIG)
+    assert (without["n_skills"], without["n_splits"], without["rank"]) == (None, None, 2)
+    assert dashboard_config({}) == dict.fromkeys(DASHBOARD)
+    assert RESOLVED_CONFIG["method"]["n_skills"] is None  # the input is left alone
+
+
+def test_run_config_puts_the_dashboard_keys_beside_the_full_config() -> None:
+    config = run_config(RESOLVED_CONFIG, used_skills())
+    assert list(config)[: len(DASHBOARD)] == list(DASHBOARD)
+    assert {k: config[k] for k in DASHBOARD} == DASHBOARD
+    # The sections whose names the dashboard keys hold move, unchanged; the rest keep their place.
+    for name in ("method", "backbone", "benchmark"):
+        assert config[f"{name}_config"] == RESOLVED_CONFIG[name]
+    assert config["trainer"] == RESOLVED_CONFIG["trainer"] and config["task_name"] == "sample_efficiency"
+    assert len(config) == len(DASHBOARD) + len(RESOLVED_CONFIG) - 1  # seed is one key, not two
+    assert run_config(None) is None
+    assert run_config(OmegaConf.create(RESOLVED_CONFIG)) == run_config(RESOLVED_CONFIG)
+
+
+def test_dashboard_config_of_the_composed_config(tmp_path: Path) -> None:
+    """The keys `dashboard_config` reads exist in the real config (a schema rename would show here)."""
+    cfg = compose_train(["method=poly_matched", "seed=3", "benchmark.n_train_per_task=32"], output_dir=tmp_path)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    flat = dashboard_config(config, {"n_skills": 7})
+    assert flat == {**flat, "method": "poly_matched", "method_kind": "poly", "backbone": "tiny_t5"}
+    assert (flat["benchmark"], flat["examples_per_task"], flat["seed"], flat["n_skills"]) == ("synthetic", 32, 3, 7)
+    assert None not in flat.values()
+
+
+def finished_results() -> dict:
+    """`results.json` content of a finished run, as much as `RunReporter.finish` reads."""
+    per_task = {"task_a": {"exact_match": 40.0}, "task_b": {"exact_match": 60.0}}
+    best_per_task = {"task_a": {"exact_match": 70.0}, "task_b": {"exact_match": 50.0}}
+    return {
+        "run_name": "synthetic-tiny_t5-poly_matched-s2",
+        "main_metric": "exact_match",
+        "parameters": {"trainable": 1234, "total": 99999},
+        "final": {"step": 30, "per_task": per_task, "avg": {"exact_match": 50.0}},
+        "best": {"step": 20, "per_task": best_per_task, "avg": {"exact_match": 60.0}},
+        "skill_recovery": 0.75,
+        "steps": 30,
+        "train_seconds": 1.0,
+        "paths": {"allocation_png": None},
+    }
+
+
+def summary_as_dict(summary) -> dict:
+    return {k: summary_as_dict(v) if hasattr(v, "keys") else v for k in summary.keys() for v in [summary[k]]}
+
+
+def test_what_a_real_offline_wandb_run_receives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real offline W&B run gets the dashboard keys and the nested config, the per-task series
+    against `train/step`, and a summary with the final and best averages.
+
+    Route: capture at the calls, plus the run's own summary. The installed wandb (0.31) has no reader
+    for the offline `.wandb` transaction log (the Python `wandb.sdk.internal.datastore` is gone; only
+    the Go `wandb-core` reads it, for `wandb sync` and `wandb beta leet`), and an offline run folder
+    holds no config.yaml or wandb-summary.json. So `wandb.init` and the run's `log` are wrapped by
+    functions that record their arguments and call through (a real run is made); the summary is read
+    back from the live run (`run.summary` asks wandb-core for its current summary, so it includes
+    what `define_metric` derives), and the `.wandb` file must contain the new keys."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    inits: list[dict] = []
+    runs: list = []
+    logged: list[dict] = []
+    real_init = wandb.init
+
+    def recording_init(*args, **kwargs):
+        run = real_init(*args, **kwargs)
+        inits.append(kwargs)
+        runs.append(run)
+        real_log = run.log
+
+        def recording_log(data, *log_args, **log_kwargs):
+            logged.append(dict(data))
+            return real_log(data, *log_args, **log_kwargs)
+
+        run.log = recording_log
+        return run
+
+    monkeypatch.setattr(wandb, "init", recording_init)
+    logger = WandbLogger(
+        {"dir": str(tmp_path / "out"), "mode": "offline"},
+        "synthetic-tiny_t5-poly_matched-s2",
+        RESOLVED_CONFIG,
+        skills=used_skills(),
+    )
+    try:
+        assert logger.active and len(runs) == 1
+        run = runs[0]
+        for step, (a, b) in zip((10, 20, 30), ((20.0, 40.0), (70.0, 50.0), (40.0, 60.0)), strict=True):
+            logger.log({"train/loss": 1.0 / step}, step)
+            scores = {"task_a": {"exact_match": a}, "task_b": {"exact_match": b}, "avg": {"exact_match": (a + b) / 2}}
+            logger.log({f"val/{t}/{k}": v for t, s in scores.items() for k, v in s.items()}, step)
+        RunReporter.finish(SimpleNamespace(is_main=True, out=tmp_path, wandb=logger), finished_results(), 0.0)
+        summary = summary_as_dict(run.summary)
+        config = run.config.as_dict()
+    finally:
+        logger.finish()
+
+    # The config: dashboard keys at the top level, the full config beside them.
+    sent = inits[0]["config"]
+    assert {k: sent[k] for k in DASHBOARD} == DASHBOARD
+    assert {k: v for k, v in config.items() if not k.startswith("_")} == sent
+    assert config["method_config"] == RESOLVED_CONFIG["method"] and config["trainer"] == RESOLVED_CONFIG["trainer"]
+    assert config["benchmark_config"]["n_train_per_task"] == config["examples_per_task"] == 32
+
+    # The per-task series, each value against its step.
+    def series(key: str) -> list[tuple[int, float]]:
+        return [(r["train/step"], r[key]) for r in logged if key in r]
+
+    assert series("val/task_a/exact_match") == [(10, 20.0), (20, 70.0), (30, 40.0)]
+    assert series("val/task_b/exact_match") == [(10, 40.0), (20, 50.0), (30, 60.0)]
+    assert series("val/avg/exact_match") == [(10, 30.0), (20, 60.0), (30, 50.0)]
+    assert [r["train/step"] for r in logged if "train/loss" in r] == [10, 20, 30]
+
+    # The summary: parameter counts, final and best averages with their steps.
+    expected = {
+        "params/trainable": 1234,
+        "params/total": 99999,
+        "final/exact_match": 50.0,
+        "final/step": 30,
+        "best/exact_match": 60.0,
+        "best/step": 20,
+        "skill_recovery": 0.75,
+        "val/avg/exact_match": {"max": 60.0},  # define_metric(summary="max") on the average
+        "val/task_a/exact_match": 40.0,  # per-task keys: the last value
+        "train/step": 30,
+    }
+    assert {k: summary.get(k) for k in expected} == expected
+    assert "examples_per_task" not in summary
+
+    folders = list((tmp_path / "out" / "wandb").glob(f"offline-run-*-{logger.run_id}"))
+    assert len(folders) == 1
+    new_keys = ["method_kind", "examples_per_task", "method_config", "best/step", "val/task_b/exact_match"]
+    records = wait_for_records(folders[0] / f"run-{logger.run_id}.wandb", new_keys)
+    assert [k for k in new_keys if k.encode() not in records] == []
 
 
 # ---------------------------------------------------------------- allocation

@@ -83,7 +83,11 @@ class StringPretraining:
             (recipe.warmup_steps >= 0, "warmup_steps", "must be >= 0"),
             (1 <= recipe.min_length <= recipe.max_length, "min_length", "need 1 <= min_length <= max_length"),
             (0 <= recipe.max_skills <= len(ATOMIC_SKILLS), "max_skills", f"must lie in [0, {len(ATOMIC_SKILLS)}]"),
-            (0 <= recipe.max_substitutions <= len(recipe.alphabet), "max_substitutions", "must lie in [0, len(alphabet)]"),
+            (
+                0 <= recipe.max_substitutions <= len(recipe.alphabet),
+                "max_substitutions",
+                "must lie in [0, len(alphabet)]",
+            ),
             (recipe.eval_examples >= 0, "eval_examples", "must be >= 0"),
             (
                 len(recipe.alphabet) >= 2 and recipe.alphabet.isalpha() and recipe.alphabet == recipe.alphabet.lower(),
@@ -112,7 +116,10 @@ def program_example(rng: random.Random, recipe: StringPretraining) -> tuple[str,
             continue
         program = " ".join(
             part
-            for part in ("".join(SKILL_CODES[s] for s in ATOMIC_SKILLS if s in skills), *(f"{a}>{b}" for a, b in table.items()))
+            for part in (
+                "".join(SKILL_CODES[s] for s in ATOMIC_SKILLS if s in skills),
+                *(f"{a}>{b}" for a, b in table.items()),
+            )
             if part
         )
         return (f"{program} {word} =" if program else f"{word} ="), target
@@ -142,11 +149,16 @@ def pretrain(model: torch.nn.Module, tokenizer: Any, recipe: StringPretraining) 
         optimizer.zero_grad(set_to_none=True)
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
         if (step + 1) % 500 == 0 or step + 1 == recipe.steps:
-            log.info("pretraining the strings backbone: step %d/%d, loss %.4f", step + 1, recipe.steps, loss_sum / loss_count)
+            log.info(
+                "pretraining the strings backbone: step %d/%d, loss %.4f", step + 1, recipe.steps, loss_sum / loss_count
+            )
             loss_sum, loss_count = 0.0, 0
     seconds = time.perf_counter() - start
     model.eval()
-    return {"pretraining_seconds": round(seconds, 1), "pretraining_exact_match": held_out_exact_match(model, tokenizer, recipe)}
+    return {
+        "pretraining_seconds": round(seconds, 1),
+        "pretraining_exact_match": held_out_exact_match(model, tokenizer, recipe),
+    }
 
 
 @torch.no_grad()
@@ -191,7 +203,12 @@ def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path) -> Path:
             model = random_model(AutoModelForSeq2SeqLM, config, cfg.init_seed).float()
             record = pretrain(model, tokenizer, recipe)
         model.save_pretrained(folder)
-        log.info("backbone %s: pretrained in %.0f s, held-out exact match %s", cfg.name, record["pretraining_seconds"], record["pretraining_exact_match"])
+        log.info(
+            "backbone %s: pretrained in %.0f s, held-out exact match %s",
+            cfg.name,
+            record["pretraining_seconds"],
+            record["pretraining_exact_match"],
+        )
         return record
 
     return cached_checkpoint(cache_dir, f"strings-{digest}", build, {"builder": "cpoly.backbones.strings", **key})

@@ -43,11 +43,13 @@ def allocation_entropy(allocation: Allocation) -> float:
 
 
 def plot_allocation(allocation: Allocation, path: str | Path, title: str = "Task-to-skill allocation") -> Path:
-    """Write a PNG heatmap of the layer-averaged allocation (and of W_B when present) to `path`."""
-    shared = allocation.mean.float()
-    n_tasks, n_splits, n_skills = shared.shape
+    """Write a PNG heatmap of every layer's allocation side by side (and of W_B averaged over layers,
+    when present) to `path`. Not the layer mean: skill k of one layer is unrelated to skill k of another,
+    so averaging over layers shows a near-uniform matrix even when every layer's allocation is peaked."""
+    n_tasks, n_splits, n_skills = allocation.mean.shape
+    n_layers = max(len(allocation.per_layer), 1)
     task_weights = allocation.task_weights
-    panels = [shared.reshape(n_tasks, n_splits * n_skills)]
+    panels = [allocation.stacked.float()]
     if task_weights is not None:
         panels.append(task_weights.float())
 
@@ -59,7 +61,10 @@ def plot_allocation(allocation: Allocation, path: str | Path, title: str = "Task
     fig.suptitle(title)
 
     _heatmap(fig, axes[0], panels[0], allocation.task_names, widths[0], vmin=0.0, vmax=1.0, cmap="viridis")
-    _label_shared_columns(axes[0], n_splits, n_skills)
+    if n_layers > 1:
+        _label_layer_columns(axes[0], n_layers, n_splits * n_skills)
+    else:
+        _label_shared_columns(axes[0], n_splits, n_skills)
 
     if task_weights is not None:
         _heatmap(fig, axes[1], panels[1], allocation.task_names, widths[1], **_weight_colours(panels[1]))
@@ -108,6 +113,17 @@ def _label_shared_columns(ax, n_splits: int, n_skills: int) -> None:
         centres = [q * n_skills + (n_skills - 1) / 2 for q in range(n_splits)]
         top.set_xticks(centres, [f"split {q}" for q in range(n_splits)], fontsize=label_fontsize(n_splits * 3))
         ax.set_title("shared-skill allocation", pad=18)
+
+
+def _label_layer_columns(ax, n_layers: int, per_layer: int) -> None:
+    for layer in range(1, n_layers):
+        ax.axvline(layer * per_layer - 0.5, color="white", linewidth=0.8)
+    layers = tick_positions(n_layers, MAX_TICK_LABELS)
+    ax.set_xticks(
+        [q * per_layer + (per_layer - 1) / 2 for q in layers], [str(q) for q in layers], fontsize=label_fontsize(n_layers)
+    )
+    ax.set_xlabel(f"adapted layer ({per_layer} shared-skill columns each)")
+    ax.set_title("shared-skill allocation, layer by layer")
 
 
 def _label_task_skill_columns(ax, task_names: list[str], n_columns: int) -> None:

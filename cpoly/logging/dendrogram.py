@@ -8,6 +8,7 @@ skill sets): the Spearman correlation, over task pairs, between the tree's cophe
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def plot_dendrograms(
 ) -> Path:
     """Side-by-side task dendrograms, one panel per (title, task names, T x K allocation) with rows in
     task order; leaves are labelled with the task names. Returns `path` (a PNG)."""
+    from matplotlib.ticker import FormatStrFormatter
     from scipy.cluster.hierarchy import dendrogram
 
     if not panels:
@@ -97,7 +99,8 @@ def plot_dendrograms(
     fig = new_figure(panel_width * len(checked), min(24.0, 1.6 + 0.28 * most))
     axes = fig.subplots(1, len(checked), squeeze=False)[0]
     for ax, (title, tasks, rows) in zip(axes, checked, strict=True):
-        ax.set_title(title, fontsize=10)
+        wrapped = "\n".join(textwrap.fill(line, width=int(12 * panel_width)) for line in str(title).splitlines())
+        ax.set_title(wrapped, fontsize=9)
         if len(tasks) < 2:
             ax.text(0.5, 0.5, tasks[0] if tasks else "(no tasks)", ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
@@ -110,6 +113,7 @@ def plot_dendrograms(
             leaf_font_size=label_fontsize(len(tasks)),
             above_threshold_color="0.4",
         )
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.2g"))  # no offset text under tiny distances
         ax.set_xlabel("cosine distance (average linkage)")
         ax.spines[["top", "left", "bottom"]].set_visible(False)
         ax.grid(axis="x", alpha=0.3)

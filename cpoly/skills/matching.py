@@ -82,7 +82,9 @@ def match_parameters(
         try:
             candidate = dataclasses.replace(config, **{field: value})
         except SkillConfigError as error:
-            raise SkillConfigError(f"method.match_by={field}: method {config.method} cannot vary it ({error})") from None
+            raise SkillConfigError(
+                f"method.match_by={field}: method {config.method} cannot vary it ({error})"
+            ) from None
         count = adapter_parameters(candidate, shapes)
         if best is None or abs(count - target) < best[0]:
             best = (abs(count - target), count, candidate)

@@ -195,6 +195,16 @@ class Allocation:
     mean: torch.Tensor
     task_weights: torch.Tensor | None
 
+    @property
+    def stacked(self) -> torch.Tensor:
+        """(T, L*S*K): every layer's allocation side by side. What task similarities are computed from:
+        skill k of one layer has nothing to do with skill k of another, so the layer *mean* blurs
+        allocations that each layer does learn into a near-uniform matrix, while the rows of this matrix
+        compare tasks layer by layer (their cosine is a weighted mean of per-layer similarities)."""
+        if not self.per_layer:
+            return self.mean.reshape(self.mean.shape[0], -1)
+        return torch.cat([m.reshape(m.shape[0], -1) for m in self.per_layer.values()], dim=1)
+
 
 @torch.no_grad()
 def allocation_matrix(model: nn.Module) -> Allocation:

@@ -93,21 +93,22 @@ class RunReporter:
         """Synthetic benchmark: how well the learned allocation reflects the true skill structure."""
         if not (self.has_allocation and self.data.skill_structure):
             return None
-        mean = allocation_matrix(self.model).mean
-        value = skill_recovery(mean.reshape(mean.shape[0], -1), self.data.task_names, self.data.skill_structure)
+        # every layer's allocation side by side (Allocation.stacked), not the layer mean
+        value = skill_recovery(allocation_matrix(self.model).stacked, self.data.task_names, self.data.skill_structure)
         return value if math.isfinite(value) else None  # NaN: the allocation has not moved yet
 
     def allocation_record(self) -> dict[str, Any] | None:
-        """The learned allocation for results.json: the layer-averaged shared-skill probabilities (T x S*K,
-        what the report's dendrograms cluster), W_B averaged over layers, and the allocation's mean
-        normalised entropy beside the true structure's (synthetic benchmark)."""
+        """The learned allocation for results.json: the shared-skill probabilities of every layer side by
+        side (T x L*S*K, what skill_recovery and the report's dendrograms compare tasks by), W_B averaged
+        over layers, and the allocation's mean normalised entropy per layer beside the true structure's
+        (synthetic benchmark)."""
         if not self.has_allocation:
             return None
         allocation = allocation_matrix(self.model)
-        mean = allocation.mean.reshape(allocation.mean.shape[0], -1)
         record = {
             "tasks": allocation.task_names,
-            "shared": [[round(float(v), 5) for v in row] for row in mean],
+            "layers": len(allocation.per_layer),
+            "shared": [[round(float(v), 5) for v in row] for row in allocation.stacked],
             "task_weights": None
             if allocation.task_weights is None
             else [[round(float(v), 5) for v in row] for row in allocation.task_weights],
