@@ -195,3 +195,19 @@ def test_score_by_task_passes_choices_and_groups_and_serves_encoder_predictions(
     assert scores["cb"] == {"accuracy": 100.0, "f1_macro": 100.0, "score": 100.0}
     assert scores["avg"]["score"] == pytest.approx((scores["multirc"]["score"] + 100.0) / 2)
     assert scores["avg"]["f1_macro"] == 100.0  # averaged over the tasks that report it
+
+
+def test_majority_baseline_answers_each_tasks_most_frequent_training_label():
+    from cpoly.data.example import Example
+    from cpoly.eval.scoring import majority_baseline
+
+    yes_no = ["no", "yes"]
+    train = [Example("boolq", "q", t, choices=yes_no, id=str(i)) for i, t in enumerate(["yes", "yes", "no"])]
+    train += [Example("cb", "q", t, choices=["a", "b", "c"], id=f"c{i}") for i, t in enumerate(["c", "b", "c"])]
+    evaluation = [Example("boolq", "q", t, choices=yes_no, id=f"e{i}") for i, t in enumerate(["yes", "no", "no", "no"])]
+    evaluation += [Example("cb", "q", "c", choices=["a", "b", "c"], id="ec")]
+    scores = majority_baseline("classification", train, evaluation)
+    assert scores["boolq"]["accuracy"] == 25.0 and scores["cb"]["accuracy"] == 100.0  # percentages
+    assert scores["avg"]["accuracy"] == 62.5
+    generative = [Example("t", "q", "x", id="g")]
+    assert majority_baseline("classification", generative, generative) is None

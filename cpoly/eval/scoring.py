@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,3 +85,24 @@ def macro_average(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
         values = [scores[key] for task, scores in per_task.items() if task != "avg" and key in scores]
         averages[key] = sum(values) / len(values)
     return averages
+
+
+def majority_baseline(
+    metric_name: str, train: Sequence[Example], examples: Sequence[Example]
+) -> dict[str, dict[str, float]] | None:
+    """The scores of answering every eval example of a classification task with its most frequent training
+    label (ties: the first label of `choices`), per task and "avg"; None when no task has choices. The bar
+    a classifier must clear before its accuracy means anything (SuperGLUE's BoolQ is 62% "yes")."""
+    counts: dict[str, Counter] = {}
+    for example in train:
+        if example.choices:
+            counts.setdefault(example.task, Counter())[example.train_target] += 1
+    scored = [ex for ex in examples if ex.task in counts]
+    if not scored:
+        return None
+
+    def most_frequent(example: Example) -> str:
+        frequency = counts[example.task]
+        return max(example.choices, key=lambda label: (frequency[label], -example.choices.index(label)))
+
+    return score_by_task(metric_name, scored, [most_frequent(ex) for ex in scored])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,14 +106,19 @@ def plot_dendrograms(
             ax.text(0.5, 0.5, tasks[0] if tasks else "(no tasks)", ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
             continue
-        dendrogram(
-            task_linkage(rows),
-            labels=tasks,
-            orientation="left",  # root on the left, task names on the right
-            ax=ax,
-            leaf_font_size=label_fontsize(len(tasks)),
-            above_threshold_color="0.4",
-        )
+        linkage = task_linkage(rows)
+        with warnings.catch_warnings():  # identical rows: every height 0, scipy's x limits collapse
+            warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
+            dendrogram(
+                linkage,
+                labels=tasks,
+                orientation="left",  # root on the left, task names on the right
+                ax=ax,
+                leaf_font_size=label_fontsize(len(tasks)),
+                above_threshold_color="0.4",
+            )
+        if not np.any(linkage[:, 2] > 0):
+            ax.set_xlim(1.0, 0.0)
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.2g"))  # no offset text under tiny distances
         ax.set_xlabel("cosine distance (average linkage)")
         ax.spines[["top", "left", "bottom"]].set_visible(False)

@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 STEP_METRIC = "train/step"
 MODES = ("online", "offline", "disabled")
 SKILL_COUNTS = ("n_skills", "n_task_skills", "n_splits", "rank")
+BEST_KEPT_PREFIX = "val/avg/"  # the summary keeps the maximum of these keys, not the last value
 
 
 @dataclasses.dataclass
@@ -108,6 +109,7 @@ class WandbLogger:
         self.run_name = run_name
         self._run: Any = None
         self._run_id = run_id
+        self._best_kept: set[str] = set()
         self.mode = self.settings.resolved_mode() if enabled else "disabled"
         if self.mode == "disabled":
             return
@@ -159,11 +161,17 @@ class WandbLogger:
     def _define_metrics(self) -> None:
         run = self._run
         run.define_metric(STEP_METRIC)
-        # Metric values are percentages, higher is better: the run summary keeps the best. Before
-        # `val/*`: W&B applies the first glob defined that matches a key.
-        run.define_metric("val/avg/*", step_metric=STEP_METRIC, summary="max")
         for pattern in ("train/*", "val/*", "alloc/*"):
             run.define_metric(pattern, step_metric=STEP_METRIC)
+
+    def _keep_best(self, keys: Iterable[str]) -> None:
+        """Metric values are percentages, higher is better: the summary keeps each macro average's
+        maximum. Defined by name as a key first appears, because a `val/avg/*` glob beside `val/*` is
+        unreliable: wandb-core applies either of two matching globs, at random from run to run."""
+        for key in keys:
+            if key.startswith(BEST_KEPT_PREFIX) and key not in self._best_kept:
+                self._run.define_metric(key, step_metric=STEP_METRIC, summary="max")
+                self._best_kept.add(key)
 
     def _fail(self, what: str, error: BaseException) -> None:
         log.warning("W&B %s (%s: %s); W&B logging is off for the rest of this run", what, type(error).__name__, error)
@@ -176,7 +184,9 @@ class WandbLogger:
 
     @_guarded
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        self._run.log({**plain_metrics(metrics), STEP_METRIC: int(step)})
+        values = plain_metrics(metrics)
+        self._keep_best(values)
+        self._run.log({**values, STEP_METRIC: int(step)})
 
     @_guarded
     def log_allocation(self, allocation: Allocation, step: int, image_path: str | Path | None = None) -> None:

@@ -17,6 +17,7 @@ import torch
 from cpoly.atomic import atomic_write_text
 from cpoly.data.example import BenchmarkData, Example
 from cpoly.data.synthetic import skill_recovery, structure_entropy
+from cpoly.eval.scoring import majority_baseline
 from cpoly.logging import MetricsLog, WandbLogger, allocation_entropy, plot_allocation, write_results
 from cpoly.skills import allocation_matrix
 from cpoly.skills.usage import exclusive_skill_usage
@@ -97,6 +98,11 @@ class RunReporter:
         value = skill_recovery(allocation_matrix(self.model).stacked, self.data.task_names, self.data.skill_structure)
         return value if math.isfinite(value) else None  # NaN: the allocation has not moved yet
 
+    def majority_baseline(self) -> dict[str, Any] | None:
+        """Classification benchmarks: the scores of always answering each task's most frequent label."""
+        scores = majority_baseline(self.data.metric, self.data.train, self.eval_examples)
+        return split_average(scores) if scores else None
+
     def allocation_record(self) -> dict[str, Any] | None:
         """The learned allocation for results.json: the shared-skill probabilities of every layer side by
         side (T x L*S*K, what skill_recovery and the report's dendrograms compare tasks by), W_B averaged
@@ -128,6 +134,7 @@ class RunReporter:
             "best": {"step": state.best_step, **split_average(state.best_scores)},
             "skill_recovery": self.skill_recovery(),
             "exclusive_skills": exclusive_skill_usage(self.model),
+            "majority_baseline": self.majority_baseline(),
             "allocation": self.allocation_record(),
             "steps": state.step,
             "train_seconds": round(state.train_seconds, 2),
@@ -189,6 +196,8 @@ def summary_text(results: dict[str, Any], out: Path) -> str:
             f"  reliance on exclusive skills {usage['reliance']:.3f}"
             + ("" if own is None else f", W_B weight on the task's own skills {own:.3f}")
         )
+    if results.get("majority_baseline"):
+        lines.append(row("majority class", results["majority_baseline"]["avg"]))
     best = results["best"].get("avg", {}).get(main_metric, float("nan"))
     lines.append(f"  {main_metric} best {best:.2f} at step {results['best']['step']}")
     lines.append(f"results: {out / 'results.json'}")
