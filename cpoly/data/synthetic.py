@@ -334,6 +334,12 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
     )
 
 
+def true_similarity(task_names: Sequence[str], skill_structure: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """(T, T) Jaccard similarity of the tasks' true atomic-skill sets."""
+    sets = [set(skill_structure[t]) for t in task_names]
+    return np.array([[len(a & b) / max(len(a | b), 1) for b in sets] for a in sets])
+
+
 def structure_entropy(task_names: Sequence[str], skill_structure: Mapping[str, Sequence[str]]) -> float:
     """Mean normalised entropy of the true allocation (each task uniform over its atomic skills, over all
     skills the tasks use): the value a learned allocation's entropy is compared with (0: one skill per
@@ -399,11 +405,8 @@ def skill_recovery(
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     unit = matrix / np.where(norms > 0, norms, 1.0)
     learned = unit @ unit.T
-    sets = [set(skill_structure[t]) for t in task_names]
     upper_i, upper_j = np.triu_indices(len(task_names), k=1)
-    true = np.array(
-        [len(sets[i] & sets[j]) / max(len(sets[i] | sets[j]), 1) for i, j in zip(upper_i, upper_j, strict=True)]
-    )
+    true = true_similarity(task_names, skill_structure)[upper_i, upper_j]
     learned_pairs = learned[upper_i, upper_j]
     if method == "spearman":
         return _pearson(_average_ranks(learned_pairs), _average_ranks(true))

@@ -16,9 +16,10 @@ import torch
 
 from cpoly.atomic import atomic_write_text
 from cpoly.data.example import BenchmarkData, Example
-from cpoly.data.synthetic import skill_recovery, structure_entropy
+from cpoly.data.synthetic import skill_recovery, structure_entropy, true_similarity
 from cpoly.eval.scoring import majority_baseline
 from cpoly.logging import MetricsLog, WandbLogger, allocation_entropy, plot_allocation, write_results
+from cpoly.logging.dendrogram import cophenetic_agreement, plot_dendrograms
 from cpoly.skills import allocation_matrix
 from cpoly.skills.usage import exclusive_skill_usage
 from cpoly.train.evaluation import Evaluation
@@ -77,6 +78,10 @@ class RunReporter:
         if self.has_allocation:
             allocation = allocation_matrix(self.model)
             png = plot_allocation(allocation, self.out / "allocation.png", title=f"{self.run_name} step {step}")
+            plot_dendrograms(
+                [(f"{self.run_name} step {step}", allocation.task_names, allocation.stacked.numpy())],
+                self.out / "dendrogram.png",
+            )
             self.wandb.log_allocation(allocation, step, png)
         value = evaluation.scores["avg"][self.optimized_metric.removeprefix("val/avg/")]
         log.info("step %d: %s = %.4f%s", step, self.optimized_metric, value, " (best)" if is_best else "")
@@ -120,9 +125,16 @@ class RunReporter:
             else [[round(float(v), 5) for v in row] for row in allocation.task_weights],
             "entropy": round(allocation_entropy(allocation), 4),
             "true_entropy": None,
+            "tree_agreement": None,
         }
         if self.data.skill_structure:
-            record["true_entropy"] = round(structure_entropy(self.data.task_names, self.data.skill_structure), 4)
+            structure = self.data.skill_structure
+            record["true_entropy"] = round(structure_entropy(self.data.task_names, structure), 4)
+            # the dendrogram against the truth: Spearman of cophenetic distance and 1 - Jaccard over task pairs
+            agreement = cophenetic_agreement(
+                allocation.stacked.numpy(), true_similarity(self.data.task_names, structure)
+            )
+            record["tree_agreement"] = round(agreement, 4) if math.isfinite(agreement) else None
         return record
 
     def results(self, state: LoopState, run_info: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +159,7 @@ class RunReporter:
             "paths": {
                 "predictions": "predictions.jsonl",
                 "allocation_png": "allocation.png" if self.has_allocation else None,
+                "dendrogram_png": "dendrogram.png" if self.has_allocation else None,
                 "best": "best",
                 "last": "last",
                 "metrics": "metrics.jsonl",
@@ -188,6 +201,11 @@ def summary_text(results: dict[str, Any], out: Path) -> str:
         lines.append(
             f"  allocation entropy {allocation['entropy']:.3f} (true structure {allocation['true_entropy']:.3f}; "
             "1 = uniform)"
+            + (
+                ""
+                if allocation["tree_agreement"] is None
+                else f"; dendrogram vs truth {allocation['tree_agreement']:.3f}"
+            )
         )
     if results.get("exclusive_skills") and results["exclusive_skills"]["reliance"] is not None:
         usage = results["exclusive_skills"]
@@ -204,4 +222,5 @@ def summary_text(results: dict[str, Any], out: Path) -> str:
     lines.append(f"predictions: {out / 'predictions.jsonl'}")
     if results["paths"]["allocation_png"]:
         lines.append(f"allocation heatmap: {out / 'allocation.png'}")
+        lines.append(f"task dendrogram: {out / 'dendrogram.png'}")
     return "\n".join(lines)
