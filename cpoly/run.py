@@ -182,6 +182,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_name=cfg.run_name,
         config=config,
         run_id=resume_state.get("wandb_run_id") if resume_state else None,
+        skills=skill_config,
         enabled=is_main and cfg.logger.name == "wandb",
     )
     reporter = RunReporter(
