@@ -26,6 +26,10 @@ RESULT_KEYS = {
     "final",
     "best",
     "skill_recovery",
+    "exclusive_skills",
+    "allocation",
+    "majority_baseline",
+    "parameter_matching",
     "parameters",
     "steps",
     "train_seconds",
@@ -71,9 +75,17 @@ def test_each_method_trains_and_writes_its_run_folder(method, tmp_path, cache_di
         "last",
         "best",
     } <= files
-    assert ("allocation.png" in files) == (method in ("poly", "mhr", "cpoly"))
-    if method not in ("poly", "mhr", "cpoly"):
-        assert results["skill_recovery"] is None
+    routed = method in ("poly", "mhr", "cpoly")
+    assert ("allocation.png" in files) == ("dendrogram.png" in files) == routed
+    if not routed:
+        assert results["skill_recovery"] is None and results["allocation"] is None
+    else:
+        allocation = results["allocation"]
+        layers, width = allocation["layers"], len(allocation["shared"][0])
+        assert len(allocation["shared"]) == 4 and width % layers == 0 and layers > 1  # every layer side by side
+        assert 0 <= allocation["entropy"] <= 1 and 0 < allocation["true_entropy"] < 1
+    assert (results["exclusive_skills"] is not None) == (method in ("task_lora", "cpoly"))
+    assert results["majority_baseline"] is None and results["parameter_matching"] is None  # generative, unmatched
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
     prediction = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[0])
     assert set(prediction) == {"task", "id", "source", "prediction", "references"}
