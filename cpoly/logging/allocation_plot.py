@@ -119,9 +119,8 @@ def _label_layer_columns(ax, n_layers: int, per_layer: int) -> None:
     for layer in range(1, n_layers):
         ax.axvline(layer * per_layer - 0.5, color="white", linewidth=0.8)
     layers = tick_positions(n_layers, MAX_TICK_LABELS)
-    ax.set_xticks(
-        [q * per_layer + (per_layer - 1) / 2 for q in layers], [str(q) for q in layers], fontsize=label_fontsize(n_layers)
-    )
+    centres = [q * per_layer + (per_layer - 1) / 2 for q in layers]
+    ax.set_xticks(centres, [str(q) for q in layers], fontsize=label_fontsize(n_layers))
     ax.set_xlabel(f"adapted layer ({per_layer} shared-skill columns each)")
     ax.set_title("shared-skill allocation, layer by layer")
 
