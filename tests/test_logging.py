@@ -30,6 +30,7 @@ from cpoly.logging import (
     read_results,
     write_results,
 )
+from cpoly.logging.dendrogram import plot_dendrograms
 from cpoly.logging.wandb_logger import dashboard_config, run_config
 from cpoly.skills.model import Allocation
 from cpoly.train.reporting import RunReporter
@@ -188,6 +189,8 @@ def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(tmp_p
         logger.log({"train/loss": torch.tensor(0.5), "train/lr_adapters": 1e-3}, step=10)
         logger.log({"val/task_a/exact_match": 40.0, "val/avg/exact_match": 40.0}, step=10)
         logger.log_allocation(make_allocation(3), step=10, image_path=None)
+        tree = plot_dendrograms([("cpoly", ["a", "b", "c"], [[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])], tmp_path / "t.png")
+        logger.log_image("alloc/dendrogram", tree, step=10)
         logger.log_table("val/scores", ["task", "metric", "value"], [["task_a", "exact_match", 40.0]])
         logger.summary({"params/trainable": 1234, "final/avg/exact_match": 40.0})
     finally:
@@ -202,6 +205,7 @@ def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(tmp_p
         "val/avg/exact_match",
         "alloc/heatmap",
         "alloc/matrix",
+        "alloc/dendrogram",
         "params/trainable",
     ]
     records = wait_for_records(folders[0] / f"run-{run_id}.wandb", keys + ["synthetic-tiny_t5-cpoly"])

@@ -204,6 +204,13 @@ class WandbLogger:
             self._run.log({"alloc/heatmap": image, "alloc/matrix": table, STEP_METRIC: int(step)})
 
     @_guarded
+    def log_image(self, key: str, image_path: str | Path, step: int) -> None:
+        """A PNG (e.g. the task dendrogram) under `key` at `step`."""
+        import wandb
+
+        self._run.log({key: wandb.Image(str(image_path), caption=f"step {step}"), STEP_METRIC: int(step)})
+
+    @_guarded
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         import wandb
 

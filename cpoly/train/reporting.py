@@ -78,10 +78,11 @@ class RunReporter:
         if self.has_allocation:
             allocation = allocation_matrix(self.model)
             png = plot_allocation(allocation, self.out / "allocation.png", title=f"{self.run_name} step {step}")
-            plot_dendrograms(
+            tree = plot_dendrograms(
                 [(f"{self.run_name} step {step}", allocation.task_names, allocation.stacked.numpy())],
                 self.out / "dendrogram.png",
             )
+            self.wandb.log_image("alloc/dendrogram", tree, step)
             self.wandb.log_allocation(allocation, step, png)
         value = evaluation.scores["avg"][self.optimized_metric.removeprefix("val/avg/")]
         log.info("step %d: %s = %.4f%s", step, self.optimized_metric, value, " (best)" if is_best else "")
