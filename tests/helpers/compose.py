@@ -21,7 +21,7 @@ TEST_BACKBONE = "backbone=tiny_t5"
 def with_test_backbone(overrides) -> list[str]:
     overrides = list(overrides)
     names = ("backbone=", "experiment=", "+experiment=")
-    return overrides if any(o.startswith(names) for o in overrides) else [TEST_BACKBONE, *overrides]
+    return overrides if any(o.startswith(names) for o in overrides) else [*overrides, TEST_BACKBONE]
 
 
 def compose_train(
