@@ -106,6 +106,7 @@ CAUSAL = [a for a, spec in ARCHS.items() if spec["kind"] == "causal"]
 # The architecture class of each shipped config, for checking its target modules on a tiny model.
 CONFIG_ARCH = {
     "tiny_t5": "t5",
+    "strings_t5": "t5",
     "t5_base": "t5",
     "t5_large": "t5",
     "flan_t5_large": "t5",
