@@ -61,3 +61,58 @@ def test_a_misspelled_override_fails_at_once_with_hydras_message(tmp_path):
     assert done.returncode != 0
     assert "n_skils" in done.stderr and "method" in done.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+SUBMITIT_SMALL = [*SMALL, "trainer.cpu_threads=1"]
+
+
+def test_submitit_local_runs_jobs_as_processes_and_a_failing_job_leaves_the_others(tmp_path):
+    """Hydra's submitit launcher (the real plugin): every job of a multirun is its own local process."""
+    sweep = tmp_path / "sweep"
+    done = train_py(
+        "-m", "hydra/launcher=submitit_local", "method=shared_lora,cpoly", "seed=1,2", *SUBMITIT_SMALL,
+        f"hydra.sweep.dir={sweep}", cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in done.stderr + done.stdout
+    assert len(list(sweep.glob("*/results.json"))) == 4
+    assert list((sweep / ".submitit").iterdir())  # submitit's own job folders
+
+    failing = tmp_path / "failing"
+    done = train_py(
+        "-m", "hydra/launcher=submitit_local", "method=mhr", "method.n_splits=2,3,4", *SUBMITIT_SMALL,
+        f"hydra.sweep.dir={failing}", cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    assert done.returncode != 0 and "method.n_splits=3" in done.stderr
+    finished = sorted(p.parent.name for p in failing.glob("*/results.json"))
+    assert finished == ["0-synthetic-tiny_t5-mhr-k4s2r2-s1", "2-synthetic-tiny_t5-mhr-k4s4r2-s1"]
+
+
+def test_slurm_launcher_takes_its_resources_from_config():
+    done = train_py(
+        "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=32"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    launcher = done.stdout.split("  launcher:")[1]
+    assert "SlurmLauncher" in launcher and "partition: gpu" in launcher and "mem_gb: 32" in launcher
+    for key in ("timeout_min", "gpus_per_node", "cpus_per_task", "array_parallelism"):
+        assert f"{key}:" in launcher
+
+
+def test_optuna_search_runs_three_trials_and_reports_the_best(tmp_path):
+    """hparams_search=cpoly_optuna through Hydra's Optuna sweeper (the real plugin), at smoke size."""
+    sweep = tmp_path / "search"
+    done = train_py(
+        "hparams_search=cpoly_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
+        *SMALL, f"hydra.sweep.dir={sweep}", cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert len(runs) == 3
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "optim.lr" in best and "method.rank" in best
+    lrs = {
+        (p.parent / "config_resolved.yaml").read_text().split("\n  lr: ")[1].split("\n")[0]
+        for p in sweep.glob("*/results.json")
+    }
+    assert len(lrs) == 3  # the sampler drew a different lr for each trial
