@@ -13,12 +13,12 @@ TEST_ENV := $(OFFLINE) WANDB_MODE=disabled CPOLY_DATA_DIR=$${CPOLY_DATA_DIR:-$(S
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned: pip then takes the local CPU wheel, never a multi-GB CUDA build
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,backbones]"
+	# torch first, at the constraints' version: pip then takes the local CPU wheel, never a CUDA build
+	$(BIN)/pip install --quiet -c constraints.txt torch
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,backbones]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its dev and backbone extras
