@@ -34,6 +34,7 @@ from cpoly.skills import SkillConfig, add_skills, count_parameters, enable_gradi
 from cpoly.skills.matching import Matching, adapted_shapes, match_parameters
 from cpoly.train.evaluation import evaluate
 from cpoly.train.loop import LoopState, TrainLoop
+from cpoly.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 from cpoly.train.reporting import RunReporter, git_sha
 from cpoly.train.resume import config_hash, resume_decision
 
@@ -262,6 +263,9 @@ def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         results = train(cfg)
+    except Preempted as stop:  # a SIGTERM/SIGUSR1: last/ holds the state; the same command continues
+        log.warning("run %s %s; last/ holds its state: the same command continues it", cfg.get("run_name"), stop)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     except Exception:
         # In a multirun the launcher goes on with the other jobs and re-raises only the first failure
         # at the end: log every failure where it happens (console and the job's train.log).

@@ -116,3 +116,50 @@ def test_optuna_search_runs_three_trials_and_reports_the_best(tmp_path):
         for p in sweep.glob("*/results.json")
     }
     assert len(lrs) == 3  # the sampler drew a different lr for each trial
+
+
+def test_sigterm_checkpoints_exits_and_the_same_command_ends_as_an_uninterrupted_run(tmp_path):
+    """Preemption as SLURM does it: a SIGTERM to a running job. The run finishes its step, writes last/ with
+    the trainer state and exits with its own status; the same command then continues from there, and the
+    result equals an uninterrupted run's (scores, metrics log, adapter bytes)."""
+    import os
+    import signal
+    import time
+
+    from helpers.compose import with_test_backbone
+
+    from cpoly.train.preemption import PREEMPTED_EXIT_CODE
+
+    args = [*SMALL, "trainer.max_steps=300", "trainer.eval_every=300", "trainer.log_every=7", "trainer.cpu_threads=1"]
+    whole = train_py(*args, f"hydra.run.dir={tmp_path / 'whole'}", cache_dir=tmp_path / "cache")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    out = tmp_path / "split"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    env["CPOLY_CACHE_DIR"] = str(tmp_path / "cache")
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *with_test_backbone([*args, f"hydra.run.dir={out}"])]
+    job = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=120)
+    assert job.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert "preempted at step" in stdout + stderr and not (out / "results.json").exists()
+    from cpoly.train.checkpoint import read_trainer_state
+
+    stopped = read_trainer_state(out / "last")["step"]
+    assert 21 <= stopped < 300
+
+    again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {out / 'last'} at step {stopped}" in again.stdout + again.stderr
+    a, b = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "whole", out))
+    assert a["final"] == b["final"]
+    strip = lambda path: [
+        {k: v for k, v in json.loads(line).items() if k != "time"} for line in path.read_text().splitlines()
+    ]  # noqa: E731,E501
+    assert strip(out / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
+    for name in ("adapter_model.safetensors",):
+        assert (out / "last" / name).read_bytes() == (tmp_path / "whole" / "last" / name).read_bytes()

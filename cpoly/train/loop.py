@@ -39,6 +39,7 @@ from cpoly.skills.router import example_noise_keys
 from cpoly.train.checkpoint import restore_checkpoint, save_checkpoint
 from cpoly.train.evaluation import Evaluation
 from cpoly.train.optim import build_optimizer, build_scheduler, fill_missing_grads, learning_rates
+from cpoly.train.preemption import Preempted, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class LoopState:
     batch_tasks: int = 0  # distinct tasks of every global batch so far, summed
     input_tokens: int = 0  # input tokens of every micro-batch of every process so far ...
     padded_input_tokens: int = 0  # ... and the positions they fill once padded
+    # the training-loss window since the last log step, summed over processes (so a run stopped between
+    # log steps logs, once resumed, exactly what it would have)
+    window_loss: float = 0.0
+    window_n: float = 0.0
 
     def batch_mix(self) -> dict[str, float | None]:
         """Mean distinct tasks per global batch and the inputs' padding fraction, over the steps so far."""
@@ -200,60 +205,85 @@ class TrainLoop:
             dynamic_ncols=True,
             disable=not (t.progress_bar and acc.is_main_process),
         )
-        window_loss, window_n = self._zeros(), self._zeros()
+        first = acc.process_index == 0  # a restored window is the sum over processes: one of them holds it
+        window_loss = self._zeros() + (self.state.window_loss if first else 0.0)
+        window_n = self._zeros() + (self.state.window_n if first else 0.0)
         started = time.perf_counter() - self.state.train_seconds
         batches = self._step_batches()
-        while self.state.step < t.max_steps:
-            self.model.train()
-            step_start = time.perf_counter()
-            micro_batches = next(batches)
-            counts = [self._n_targets(b) for b in micro_batches]
-            # the step's loss: every target token of every micro-batch and process, over their total (DDP
-            # averages gradients over processes, hence the factor)
-            n_step = acc.reduce(torch.stack(counts).sum().float(), reduction="sum").clamp(min=1)
-            scale = acc.num_processes / n_step
-            torch.manual_seed(dropout_seed(self.seed, self.state.step, acc.process_index))
-            for i, batch in enumerate(micro_batches):
-                self._pending_tokens += batch["attention_mask"].sum()
-                if self.kind == "seq2seq":  # the decoder's tokens; causal targets are inside input_ids
-                    self._pending_tokens += (batch["labels"] != -100).sum()
-                keys = example_noise_keys(self.seed, self.state.step, batch["positions"])
-                last = i == len(micro_batches) - 1
-                sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
-                with sync, use_tasks(self.unwrapped, batch["task_ids"], noise_keys=keys):
-                    loss_sum = self._summed_loss(batch)
-                    # backward inside use_tasks: checkpointed layers recompute with the same tasks
-                    acc.backward(loss_sum * scale)
-                window_loss += loss_sum.detach()
-                window_n += counts[i]
-            fill_missing_grads(self.optimizer)
-            if t.max_grad_norm:
-                acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.state.step_seconds += time.perf_counter() - step_start
-            self.state.step += 1
-            step = self.state.step
-            self.state.train_seconds = time.perf_counter() - started
-            if step % t.log_every == 0 or step == t.max_steps:
-                self._count_tokens()
-                # the mean over every target token (example, for encoders) of all processes
-                mean_loss = (acc.reduce(window_loss, reduction="sum") / acc.reduce(window_n, reduction="sum")).item()
-                metrics = {"train/loss": mean_loss, "train/step": step, **learning_rates(self.optimizer)}
-                if not math.isfinite(mean_loss):
-                    raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
-                self.on_log(metrics, step)
-                bar.set_postfix(
-                    {"loss": f"{mean_loss:.4f}"}
-                    | {k.removeprefix("train/"): f"{v:.1e}" for k, v in learning_rates(self.optimizer).items()}
-                )
-                window_loss, window_n = self._zeros(), self._zeros()
-            bar.update(1)
-            if step % t.eval_every == 0 or step == t.max_steps:
-                self._evaluate_and_checkpoint(step)
+        with stop_on_signals() as stop:
+            while self.state.step < t.max_steps:
+                window_loss, window_n = self._train_step(next(batches), window_loss, window_n, started, bar)
+                if stop.requested(acc) and self.state.step < t.max_steps:
+                    self._hold_window(window_loss, window_n)
+                    self._count_tokens()
+                    self._checkpoint(self.output_dir / "last", with_state=True)
+                    acc.wait_for_everyone()
+                    bar.close()
+                    raise Preempted(self.state.step)
         bar.close()
         return self.state
+
+    def _train_step(
+        self, micro_batches: list[dict[str, torch.Tensor]], window_loss, window_n, started: float, bar
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step, its logging and, on schedule, evaluation and checkpoints; returns the loss
+        window (reset at log steps)."""
+        t, acc = self.trainer, self.accelerator
+        self.model.train()
+        step_start = time.perf_counter()
+        counts = [self._n_targets(b) for b in micro_batches]
+        # the step's loss: every target token of every micro-batch and process, over their total (DDP
+        # averages gradients over processes, hence the factor)
+        n_step = acc.reduce(torch.stack(counts).sum().float(), reduction="sum").clamp(min=1)
+        scale = acc.num_processes / n_step
+        torch.manual_seed(dropout_seed(self.seed, self.state.step, acc.process_index))
+        for i, batch in enumerate(micro_batches):
+            self._pending_tokens += batch["attention_mask"].sum()
+            if self.kind == "seq2seq":  # the decoder's tokens; causal targets are inside input_ids
+                self._pending_tokens += (batch["labels"] != -100).sum()
+            keys = example_noise_keys(self.seed, self.state.step, batch["positions"])
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
+            with sync, use_tasks(self.unwrapped, batch["task_ids"], noise_keys=keys):
+                loss_sum = self._summed_loss(batch)
+                # backward inside use_tasks: checkpointed layers recompute with the same tasks
+                acc.backward(loss_sum * scale)
+            window_loss += loss_sum.detach()
+            window_n += counts[i]
+        fill_missing_grads(self.optimizer)
+        if t.max_grad_norm:
+            acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step_seconds += time.perf_counter() - step_start
+        self.state.step += 1
+        step = self.state.step
+        self.state.train_seconds = time.perf_counter() - started
+        if step % t.log_every == 0 or step == t.max_steps:
+            self._count_tokens()
+            # the mean over every target token (example, for encoders) of all processes
+            mean_loss = (acc.reduce(window_loss, reduction="sum") / acc.reduce(window_n, reduction="sum")).item()
+            metrics = {"train/loss": mean_loss, "train/step": step, **learning_rates(self.optimizer)}
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
+            self.on_log(metrics, step)
+            bar.set_postfix(
+                {"loss": f"{mean_loss:.4f}"}
+                | {k.removeprefix("train/"): f"{v:.1e}" for k, v in learning_rates(self.optimizer).items()}
+            )
+            window_loss, window_n = self._zeros(), self._zeros()
+        bar.update(1)
+        if step % t.eval_every == 0 or step == t.max_steps:
+            self._hold_window(window_loss, window_n)
+            self._evaluate_and_checkpoint(step)
+        return window_loss, window_n
+
+    def _hold_window(self, window_loss: torch.Tensor, window_n: torch.Tensor) -> None:
+        """Put the loss window (summed over processes) in the state that checkpoints save."""
+        acc = self.accelerator
+        self.state.window_loss = float(acc.reduce(window_loss.clone(), reduction="sum"))
+        self.state.window_n = float(acc.reduce(window_n.clone(), reduction="sum"))
 
     def _count_tokens(self) -> None:
         """Fold the tokens counted on the device into the state (one sync, at log and checkpoint steps)."""

@@ -1,0 +1,63 @@
+"""Preemption: a SIGTERM or SIGUSR1 (what SLURM sends before it kills or requeues a job, e.g.
+`--signal=USR1@120`) asks the loop to stop at the end of the current step. The loop then writes `last/`
+with the full trainer state and the process exits with `PREEMPTED_EXIT_CODE`; running the same command
+again (a requeued job does) continues from that checkpoint with `resume=auto` and ends exactly as an
+uninterrupted run. SIGUSR2 is left to submitit, which uses it for its own requeueing."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
+
+
+class Preempted(BaseException):
+    """Raised by the loop after it checkpointed on a preemption signal (BaseException: nothing on the way
+    up should treat it as an error to recover from)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"preempted at step {step}")
+        self.step = step
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def requested(self, accelerator) -> bool:
+        """Whether any process received a signal (one all-reduce when there are several processes)."""
+        local = self.signal is not None
+        if accelerator.num_processes == 1:
+            return local
+        flag = torch.tensor(float(local), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Record SIGTERM/SIGUSR1 in a flag while the block runs; the previous handlers come back after."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield flag
+        return
+
+    def record(signum, frame) -> None:
+        if flag.signal is None:
+            log.warning("received %s: stopping after this step and writing last/", signal.Signals(signum).name)
+        flag.signal = signum
+
+    previous = {s: signal.signal(s, record) for s in SIGNALS}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
