@@ -187,10 +187,11 @@ def skills_tag(
     return tag if match_params is None else f"{tag}-match_{match_params}"
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_DIR / "conf"
 # Named experiments live at the top level (`experiments/<name>.yaml`), outside `conf/`, and are the
 # options of the `experiment` group: `python train.py experiment=<name>`.
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS_DIR = PROJECT_DIR / "experiments"
 
 
 def register_configs() -> None:

@@ -103,6 +103,7 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 DEFAULT_CURVE_X = "benchmark.n_train_per_task"
 TESTS = {"ttest": "paired t-test", "bootstrap": "paired bootstrap"}
+NO_ALLOCATION = "--dendrogram: no run records a learned allocation (results.json 'allocation')"
 
 
 class ReportError(ValueError):
@@ -794,7 +795,7 @@ def plot_group_dendrograms(groups: Sequence[GroupSummary], path: str | Path) -> 
 
     panels = allocation_panels(groups)
     if not panels:
-        raise ReportError("--dendrogram: no run records a learned allocation (results.json 'allocation')")
+        raise ReportError(NO_ALLOCATION)
     return plot_dendrograms(panels, path)
 
 
@@ -900,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_curve_key(groups, args.x)
             curves = curve_table(groups, args.x)
         if args.dendrogram and not allocation_panels(groups):
-            raise ReportError("--dendrogram: no run records a learned allocation (results.json 'allocation')")
+            raise ReportError(NO_ALLOCATION)
     except ReportError as error:
         _stderr(str(error))
         return 2

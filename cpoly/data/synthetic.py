@@ -247,25 +247,21 @@ def _task_skill_sets(cfg: SyntheticConfig, rng: random.Random, probes: list[str]
 def _private_tables(cfg: SyntheticConfig, rng: random.Random) -> list[dict[str, str]]:
     """One substitution per task: `private_substitutions` letters, each sent to another letter; no two
     tasks share a table (the substitution is what makes a task's private structure its own)."""
-    tables: list[dict[str, str]] = []
-    seen: set[tuple[tuple[str, str], ...]] = set()
-    for _ in range(1000 * max(cfg.n_tasks, 1)):
-        if len(tables) == cfg.n_tasks or cfg.private_substitutions == 0:
+    if cfg.private_substitutions == 0:
+        return [{} for _ in range(cfg.n_tasks)]
+    tables: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # the distinct tables, in drawing order
+    for _ in range(1000 * cfg.n_tasks):
+        if len(tables) == cfg.n_tasks:
             break
         sources = rng.sample(cfg.alphabet, cfg.private_substitutions)
         table = {a: rng.choice([b for b in cfg.alphabet if b != a]) for a in sources}
-        key = tuple(sorted(table.items()))
-        if key not in seen:
-            seen.add(key)
-            tables.append(table)
-    if cfg.private_substitutions == 0:
-        return [{} for _ in range(cfg.n_tasks)]
+        tables.setdefault(tuple(sorted(table.items())), table)
     if len(tables) < cfg.n_tasks:
         raise ValueError(
             f"benchmark (synthetic): could not draw {cfg.n_tasks} distinct substitutions of "
             f"private_substitutions={cfg.private_substitutions} letters over alphabet {cfg.alphabet!r}"
         )
-    return tables
+    return list(tables.values())
 
 
 def task_target(word: str, skills: Sequence[str], table: Mapping[str, str], alphabet: str) -> str:

@@ -213,7 +213,8 @@ class TrainLoop:
         with stop_on_signals() as stop:
             while self.state.step < t.max_steps:
                 window_loss, window_n = self._train_step(next(batches), window_loss, window_n, started, bar)
-                if stop.requested(acc) and self.state.step < t.max_steps:
+                at_log = self.state.step % t.log_every == 0
+                if self.state.step < t.max_steps and stop.requested(acc, sync_point=at_log):
                     self._hold_window(window_loss, window_n)
                     self._count_tokens()
                     self._checkpoint(self.output_dir / "last", with_state=True)

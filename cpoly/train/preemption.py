@@ -1,5 +1,6 @@
 """Preemption: a SIGTERM or SIGUSR1 (what SLURM sends before it kills or requeues a job, e.g.
-`--signal=USR1@120`) asks the loop to stop at the end of the current step. The loop then writes `last/`
+`--signal=USR1@120`) asks the loop to stop at the end of the current step (with several processes, at
+the next log step, where the processes agree on it). The loop then writes `last/`
 with the full trainer state and the process exits with `PREEMPTED_EXIT_CODE`; running the same command
 again (a requeued job does) continues from that checkpoint with `resume=auto` and ends exactly as an
 uninterrupted run. SIGUSR2 is left to submitit, which uses it for its own requeueing."""
@@ -33,11 +34,15 @@ class StopFlag:
     def __init__(self) -> None:
         self.signal: int | None = None
 
-    def requested(self, accelerator) -> bool:
-        """Whether any process received a signal (one all-reduce when there are several processes)."""
+    def requested(self, accelerator, sync_point: bool) -> bool:
+        """Whether a process received a signal. Alone, at every step (the flag is local); with several
+        processes, only at `sync_point` steps (log steps, where the loop syncs the device anyway): agreeing
+        takes an all-reduce and a device sync, which every step would put on the training's hot path."""
         local = self.signal is not None
         if accelerator.num_processes == 1:
             return local
+        if not sync_point:
+            return False
         flag = torch.tensor(float(local), device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 

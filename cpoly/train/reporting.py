@@ -20,7 +20,7 @@ from cpoly.data.synthetic import skill_recovery, structure_entropy, true_similar
 from cpoly.eval.scoring import majority_baseline
 from cpoly.logging import MetricsLog, WandbLogger, allocation_entropy, plot_allocation, write_results
 from cpoly.logging.dendrogram import cophenetic_agreement, plot_dendrograms
-from cpoly.skills import allocation_matrix
+from cpoly.skills import Allocation, allocation_matrix
 from cpoly.skills.usage import exclusive_skill_usage
 from cpoly.train.evaluation import Evaluation
 from cpoly.train.loop import LoopState
@@ -96,12 +96,12 @@ class RunReporter:
         )
         atomic_write_text(self.out / "predictions.jsonl", "\n".join(lines) + "\n")
 
-    def skill_recovery(self) -> float | None:
+    def skill_recovery(self, allocation: Allocation | None) -> float | None:
         """Synthetic benchmark: how well the learned allocation reflects the true skill structure."""
-        if not (self.has_allocation and self.data.skill_structure):
+        if allocation is None or not self.data.skill_structure:
             return None
         # every layer's allocation side by side (Allocation.stacked), not the layer mean
-        value = skill_recovery(allocation_matrix(self.model).stacked, self.data.task_names, self.data.skill_structure)
+        value = skill_recovery(allocation.stacked, self.data.task_names, self.data.skill_structure)
         return value if math.isfinite(value) else None  # NaN: the allocation has not moved yet
 
     def majority_baseline(self) -> dict[str, Any] | None:
@@ -109,14 +109,13 @@ class RunReporter:
         scores = majority_baseline(self.data.metric, self.data.train, self.eval_examples)
         return split_average(scores) if scores else None
 
-    def allocation_record(self) -> dict[str, Any] | None:
+    def allocation_record(self, allocation: Allocation | None) -> dict[str, Any] | None:
         """The learned allocation for results.json: the shared-skill probabilities of every layer side by
         side (T x L*S*K, what skill_recovery and the report's dendrograms compare tasks by), W_B averaged
         over layers, and the allocation's mean normalised entropy per layer beside the true structure's
         (synthetic benchmark)."""
-        if not self.has_allocation:
+        if allocation is None:
             return None
-        allocation = allocation_matrix(self.model)
         record = {
             "tasks": allocation.task_names,
             "layers": len(allocation.per_layer),
@@ -140,15 +139,16 @@ class RunReporter:
 
     def results(self, state: LoopState, run_info: dict[str, Any]) -> dict[str, Any]:
         """`results.json`'s content: `run_info` (names, parameters, protocol facts) plus the outcome."""
+        allocation = allocation_matrix(self.model) if self.has_allocation else None
         return {
             **run_info,
             "optimized_metric": self.optimized_metric,
             "final": {"step": state.step, **split_average(state.last_scores)},
             "best": {"step": state.best_step, **split_average(state.best_scores)},
-            "skill_recovery": self.skill_recovery(),
+            "skill_recovery": self.skill_recovery(allocation),
             "exclusive_skills": exclusive_skill_usage(self.model),
             "majority_baseline": self.majority_baseline(),
-            "allocation": self.allocation_record(),
+            "allocation": self.allocation_record(allocation),
             "steps": state.step,
             "train_seconds": round(state.train_seconds, 2),
             "status": "finished",
