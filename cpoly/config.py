@@ -114,6 +114,10 @@ class TrainerConfig:
     cpu: bool = False  # force CPU even where a GPU exists
     cpu_threads: int | None = None  # torch intra-op threads on CPU (null: torch's default); 1 suits tiny models
     progress_bar: bool = True
+    # DataLoader worker processes building the coming steps' batches (0: on the training thread), and how
+    # many steps each builds ahead
+    num_workers: int = 1
+    prefetch_factor: int = 2
 
     def global_batch_size(self, processes: int) -> int:
         """Examples per optimizer step: every micro-batch of every process."""
@@ -272,9 +276,21 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.scheduler={optim.scheduler!r}: must be one of linear, cosine, constant")
     if not 0 <= optim.warmup_ratio < 1:
         raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio}: must lie in [0, 1)")
-    for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every"):
+    for name in (
+        "max_steps",
+        "batch_size",
+        "grad_accum",
+        "eval_every",
+        "eval_batch_size",
+        "log_every",
+        "prefetch_factor",
+    ):
         if getattr(trainer, name) < 1:
             raise ConfigError(f"trainer.{name}={getattr(trainer, name)}: must be >= 1")
+    if trainer.num_workers < 0:
+        raise ConfigError(
+            f"trainer.num_workers={trainer.num_workers}: must be >= 0 (0 builds batches on the training thread)"
+        )
     if not 0 <= trainer.min_task_mix <= 1:
         raise ConfigError(f"trainer.min_task_mix={trainer.min_task_mix}: must lie in [0, 1]")
     if trainer.precision not in ("auto", "no", "bf16", "fp16"):

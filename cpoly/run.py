@@ -117,6 +117,12 @@ def throughput(state: LoopState, accelerator: Accelerator) -> dict[str, Any]:
     return {
         "tokens_per_second": round(state.tokens / state.step_seconds, 1) if state.step_seconds else None,
         "seconds_per_step": round(state.step_seconds / state.step, 4) if state.step else None,
+        # the share of step time outside forward, backward and optimizer: waiting for batches, copying them
+        # to the device, routing setup (host time; on a GPU the host runs ahead, so this is what it costs)
+        "outside_share": round((state.data_seconds + state.routing_seconds) / state.step_seconds, 4)
+        if state.step_seconds
+        else None,
+        "data_share": round(state.data_seconds / state.step_seconds, 4) if state.step_seconds else None,
         "peak_memory_mib": round(peak, 1),
         "device": str(accelerator.device),
         "precision": accelerator.mixed_precision,

@@ -92,6 +92,18 @@ def test_resume_from_a_step_yields_the_uninterrupted_batches(start):
     assert resumed == uninterrupted[start:]
 
 
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_random_access_gives_the_stream_in_any_order(group_by_length):
+    """Data loader workers build steps out of order and strided: `batch_at` is the stream, whatever the order."""
+    stream = take(sampler(group_by_length=group_by_length).global_batches(), 45)
+    s = sampler(group_by_length=group_by_length)
+    order = [44, 3, 3, 20, 0, 39, 11, 10, 29, 1] + list(range(0, 45, 4)) + list(range(45))
+    for step in order:
+        assert s.batch_at(step).tolist() == stream[step], step
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        s.batch_at(-1)
+
+
 @pytest.mark.parametrize("replicas", [2, 4])
 def test_ranks_split_each_global_batch_disjointly(replicas):
     single = take(iter(sampler()), 30)

@@ -144,6 +144,9 @@ class MultiTaskBatchSampler:
     _probabilities: np.ndarray = field(init=False, repr=False)
     _lengths: np.ndarray | None = field(init=False, repr=False)
     _codes: np.ndarray = field(init=False, repr=False)
+    # batch_at's caches: the per-task stream positions before a chunk, and the latest chunk's batches
+    _cursors_at: tuple[int, np.ndarray] | None = field(default=None, init=False, repr=False)
+    _chunk_cache: tuple[int, list[np.ndarray]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.tasks) == 0:
@@ -261,6 +264,27 @@ class MultiTaskBatchSampler:
                 yield batch.tolist()
             skip = 0
             chunk += 1
+
+    def batch_at(self, step: int) -> np.ndarray:
+        """Global batch `step`: what `global_batches()` yields at that position. Random access for data
+        loader workers; consecutive or strided steps compute each chunk once (the latest is cached)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        chunk, offset = divmod(step, self.mega_batch_factor)
+        if self._chunk_cache is None or self._chunk_cache[0] != chunk:
+            self._chunk_cache = (chunk, self._chunk_batches(chunk, self._cursors_before(chunk)))
+        return self._chunk_cache[1][offset]
+
+    def _cursors_before(self, chunk: int) -> np.ndarray:
+        """The per-task stream positions at the start of `chunk` (a copy: `_chunk_batches` advances it)."""
+        done, cursors = self._cursors_at or (0, np.zeros(len(self._members), dtype=np.int64))
+        if chunk < done:
+            done, cursors = 0, np.zeros(len(self._members), dtype=np.int64)
+        cursors = cursors.copy()
+        for c in range(done, chunk):
+            cursors += self._chunk_counts(c)
+        self._cursors_at = (chunk, cursors.copy())
+        return cursors
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches(self.start_step):

@@ -136,8 +136,9 @@ def task_batch(
     if noise_keys is not None and noise_keys.shape != ids.shape:
         raise ValueError(f"noise_keys of shape {tuple(noise_keys.shape)}: need one key per task id, {tuple(ids.shape)}")
     device = next((p.device for _, layer in skilled_layers(model) for p in layer.parameters()), ids.device)
-    keys = None if noise_keys is None else noise_keys.to(device)
-    return TaskBatch(ids.to(device), all_known=bool((ids >= 0).all()), noise_keys=keys)
+    # ids checked where they came (on the host, a training loop's case: no device sync), then copied
+    keys = None if noise_keys is None else noise_keys.to(device, non_blocking=True)
+    return TaskBatch(ids.to(device, non_blocking=True), all_known=bool((ids >= 0).all()), noise_keys=keys)
 
 
 @contextlib.contextmanager

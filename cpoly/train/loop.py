@@ -2,7 +2,8 @@
 
 One optimizer step trains on one global multi-task batch from `MultiTaskBatchSampler` (a pure function
 of (seed, step), so a resumed run sees exactly the batches an uninterrupted run would), of
-`batch_size x grad_accum x processes` examples, split into `grad_accum` micro-batches per process. The
+`batch_size x grad_accum x processes` examples, split into `grad_accum` micro-batches per process.
+DataLoader workers build the coming steps' batches while the model trains (`cpoly.train.batches`). The
 step's result does not depend on that split:
 - the loss is the sum of the token losses of every micro-batch of every process divided by the step's
   total number of target tokens (counted, and all-reduced, before the first forward);
@@ -17,11 +18,10 @@ trainer state) is written after every evaluation, `best/` when the optimised met
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cpoly.config import OptimConfig, TrainerConfig
 from cpoly.data.collate import Collator
-from cpoly.data.sampling import MultiTaskBatchSampler, split_global_batch
+from cpoly.data.sampling import MultiTaskBatchSampler
 from cpoly.skills import use_tasks
-from cpoly.skills.router import example_noise_keys
+from cpoly.train.batches import StepBatches, step_loader
 from cpoly.train.checkpoint import restore_checkpoint, save_checkpoint
 from cpoly.train.evaluation import Evaluation
 from cpoly.train.optim import build_optimizer, build_scheduler, fill_missing_grads, learning_rates
@@ -60,7 +61,9 @@ class LoopState:
     last_scores: dict[str, dict[str, float]] | None = None  # the latest evaluation
     wandb_run_id: str | None = None
     train_seconds: float = 0.0  # wall time of the loop so far, evaluations included (across resumes)
-    step_seconds: float = 0.0  # wall time of the optimizer steps alone
+    step_seconds: float = 0.0  # wall time of the optimizer steps (waiting for their batches included)
+    data_seconds: float = 0.0  # ... of which waiting for the next step's batches and copying them to the device
+    routing_seconds: float = 0.0  # ... and setting up routing (checking task ids, entering use_tasks)
     tokens: int = 0  # input + target tokens trained on, all processes
     batch_tasks: int = 0  # distinct tasks of every global batch so far, summed
     input_tokens: int = 0  # input tokens of every micro-batch of every process so far ...
@@ -126,41 +129,55 @@ class TrainLoop:
         trainer_state = dict(self.state.as_dict(), **self.checkpoint_extra()) if with_state else None
         save_checkpoint(directory, self.unwrapped, self.optimizer.optimizer, self.scheduler, trainer_state)
 
-    # -- batches ----------------------------------------------------------------------------------
-    def _step_batches(self) -> Iterator[list[dict[str, torch.Tensor]]]:
-        """From the current step on, each step's micro-batches for this process (with `positions`, each
-        row's place in the global batch)."""
+    # -- batches ---------------------------------------------------------------------------------
+    def _batch_loader(self) -> DataLoader:
+        """This process's micro-batches of every step still to train, built by DataLoader workers
+        (`cpoly.train.batches`): a pure function of (seed, step), whatever the workers' timing."""
         t, acc = self.trainer, self.accelerator
-        world, rank = acc.num_processes, acc.process_index
         # whole columns through Arrow (iterating a datasets column decodes it row by row: seconds at 100k)
         tasks, lengths = (self.train_dataset.data.column(c).to_numpy() for c in ("task_id", "length"))
         sampler = MultiTaskBatchSampler(
             tasks=tasks,
             lengths=lengths,
-            batch_size=t.global_batch_size(world),
+            batch_size=t.global_batch_size(acc.num_processes),
             strategy=t.task_sampling,
             temperature=t.sampling_temperature,
             seed=self.seed,
             group_by_length=t.group_by_length,
             min_task_mix=t.min_task_mix,
         )
-        if t.overfit_batches:  # the first few batches, over and over
-            first = list(itertools.islice(sampler.global_batches(), t.overfit_batches))
-            stream = (first[i % len(first)] for i in itertools.count(self.state.step))
-        else:
-            stream = sampler.global_batches(self.state.step)
-        for global_batch in stream:
-            self.state.batch_tasks += len(np.unique(tasks[global_batch]))
-            for r in range(world):  # padding as every process pads its micro-batches
-                for _, rows in split_global_batch(global_batch, t.grad_accum, world, r):
-                    self.state.input_tokens += int(lengths[rows].sum())
-                    self.state.padded_input_tokens += int(lengths[rows].max()) * len(rows)
-            micro = []
-            for positions, rows in split_global_batch(global_batch, t.grad_accum, world, rank):
-                batch = self.collator(self.train_dataset[rows.tolist()])
-                batch["positions"] = torch.from_numpy(positions)
-                micro.append({k: v.to(acc.device) for k, v in batch.items()})
-            yield micro
+        steps = StepBatches(
+            dataset=self.train_dataset,
+            collator=self.collator,
+            sampler=sampler,
+            seed=self.seed,
+            grad_accum=t.grad_accum,
+            num_processes=acc.num_processes,
+            process_index=acc.process_index,
+            overfit_batches=t.overfit_batches,
+        )
+        return step_loader(
+            steps,
+            self.state.step,
+            t.max_steps,
+            num_workers=t.num_workers,
+            prefetch_factor=t.prefetch_factor,
+            pin_memory=acc.device.type == "cuda",
+        )
+
+    def _on_device(self, item: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """A step's micro-batches on the device (asynchronous copies from pinned memory on a GPU); the
+        task ids stay on the host too (`host_task_ids`), so routing checks them there without a sync."""
+        self.state.batch_tasks += item["tasks"]
+        self.state.input_tokens += item["input_tokens"]
+        self.state.padded_input_tokens += item["padded_input_tokens"]
+        device = self.accelerator.device
+        micro = []
+        for batch in item["micro_batches"]:
+            on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            on_device["host_task_ids"] = batch["task_ids"]
+            micro.append(on_device)
+        return micro
 
     def _n_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the loss sums over: target tokens (examples, for encoders)."""
@@ -209,10 +226,13 @@ class TrainLoop:
         window_loss = self._zeros() + (self.state.window_loss if first else 0.0)
         window_n = self._zeros() + (self.state.window_n if first else 0.0)
         started = time.perf_counter() - self.state.train_seconds
-        batches = self._step_batches()
+        batches = iter(self._batch_loader())
         with stop_on_signals() as stop:
             while self.state.step < t.max_steps:
-                window_loss, window_n = self._train_step(next(batches), window_loss, window_n, started, bar)
+                step_start = time.perf_counter()
+                micro_batches = self._on_device(next(batches))
+                self.state.data_seconds += time.perf_counter() - step_start
+                window_loss, window_n = self._train_step(micro_batches, step_start, window_loss, window_n, started, bar)
                 at_log = self.state.step % t.log_every == 0
                 if self.state.step < t.max_steps and stop.requested(acc, sync_point=at_log):
                     self._hold_window(window_loss, window_n)
@@ -225,13 +245,12 @@ class TrainLoop:
         return self.state
 
     def _train_step(
-        self, micro_batches: list[dict[str, torch.Tensor]], window_loss, window_n, started: float, bar
+        self, micro_batches: list[dict[str, torch.Tensor]], step_start: float, window_loss, window_n, started, bar
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step, its logging and, on schedule, evaluation and checkpoints; returns the loss
-        window (reset at log steps)."""
+        """One optimizer step (which began at `step_start`, waiting for its batches), its logging and, on
+        schedule, evaluation and checkpoints; returns the loss window (reset at log steps)."""
         t, acc = self.trainer, self.accelerator
         self.model.train()
-        step_start = time.perf_counter()
         counts = [self._n_targets(b) for b in micro_batches]
         # the step's loss: every target token of every micro-batch and process, over their total (DDP
         # averages gradients over processes, hence the factor)
@@ -242,10 +261,12 @@ class TrainLoop:
             self._pending_tokens += batch["attention_mask"].sum()
             if self.kind == "seq2seq":  # the decoder's tokens; causal targets are inside input_ids
                 self._pending_tokens += (batch["labels"] != -100).sum()
-            keys = example_noise_keys(self.seed, self.state.step, batch["positions"])
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
-            with sync, use_tasks(self.unwrapped, batch["task_ids"], noise_keys=keys):
+            routing_start = time.perf_counter()
+            routing = use_tasks(self.unwrapped, batch["host_task_ids"], noise_keys=batch["noise_keys"])
+            with sync, routing:
+                self.state.routing_seconds += time.perf_counter() - routing_start
                 loss_sum = self._summed_loss(batch)
                 # backward inside use_tasks: checkpointed layers recompute with the same tasks
                 acc.backward(loss_sum * scale)
