@@ -7,6 +7,8 @@ misspelled key or a wrongly typed value fails when Hydra composes the config, wi
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,8 @@ class LoggerConfig:
     job_type: str = "train"
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
+    init_timeout: float = 90.0  # seconds before an unreachable W&B server counts as a failure (logging goes off)
+    finish_timeout: float = 120.0  # seconds W&B's finish may take before the run moves on without it
 
 
 @dataclass
@@ -257,6 +261,10 @@ def check_config(cfg: DictConfig) -> None:
         backbone = BackboneConfig.from_any(cfg.backbone).validate()
     except BackboneConfigError as e:
         raise ConfigError(str(e)) from None
+    if backbone.source == "package":  # installed? (a one-line error now, not after the data loaded)
+        from cpoly.backbones.packages import require_package
+
+        require_package(backbone.model_id, backbone.name)
     try:
         skill = method.skill_config(["_check_"], backbone.target_modules)
     except SkillConfigError as e:
@@ -267,11 +275,12 @@ def check_config(cfg: DictConfig) -> None:
             f"optim.router_lr={optim.router_lr}: method {skill.method} has no router "
             "(no allocation logits or gate); remove it or pick poly/mhr/cpoly/moe_lora"
         )
-    for name in ("lr", "eps"):
-        if getattr(optim, name) <= 0:
-            raise ConfigError(f"optim.{name}={getattr(optim, name)}: must be > 0")
-    if optim.router_lr is not None and optim.router_lr <= 0:
-        raise ConfigError(f"optim.router_lr={optim.router_lr}: must be > 0")
+    for name in ("lr", "eps", "router_lr"):  # `not > 0`: also refuses nan, which would train to a nan loss
+        value = getattr(optim, name)
+        if value is not None and not (0 < value < math.inf):
+            raise ConfigError(f"optim.{name}={value}: must be a finite number > 0")
+    if not (0 <= optim.weight_decay < math.inf):
+        raise ConfigError(f"optim.weight_decay={optim.weight_decay}: must be a finite number >= 0")
     if optim.scheduler not in ("linear", "cosine", "constant"):
         raise ConfigError(f"optim.scheduler={optim.scheduler!r}: must be one of linear, cosine, constant")
     if not 0 <= optim.warmup_ratio < 1:

@@ -24,16 +24,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from cpoly.atomic import atomic_write_text
 from cpoly.backbones import BackboneConfig, load_backbone
+from cpoly.backbones.config import BackboneConfigError
+from cpoly.backbones.hub import BackboneUnavailableError
 from cpoly.config import ConfigError, MethodConfig, check_config, method_option, register_configs, to_object
 from cpoly.data import load_benchmark
 from cpoly.data.collate import make_collator
 from cpoly.data.example import BenchmarkData, Example
+from cpoly.data.io import DataError
 from cpoly.data.tokenize import tokenize_examples
 from cpoly.logging import WandbLogger
 from cpoly.skills import SkillConfig, add_skills, count_parameters, enable_gradient_checkpointing
+from cpoly.skills.config import SkillConfigError
 from cpoly.skills.matching import Matching, adapted_shapes, match_parameters
 from cpoly.train.evaluation import evaluate
-from cpoly.train.loop import LoopState, TrainLoop
+from cpoly.train.loop import LoopState, TrainingDiverged, TrainLoop
+from cpoly.train.ownership import own_run_folder
 from cpoly.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 from cpoly.train.reporting import RunReporter, git_sha
 from cpoly.train.resume import config_hash, resume_decision
@@ -137,6 +142,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[assignment]
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with own_run_folder(out):
+        return _train(cfg, config, out, wall_start)
+
+
+def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float) -> dict[str, Any]:
     resume_state = resume_decision(cfg.resume, out, config)
     if resume_state is not None and resume_state["step"] >= cfg.trainer.max_steps and (out / "results.json").is_file():
         log.info("%s already finished at step %d; nothing to do", out, resume_state["step"])
@@ -264,6 +274,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+# Errors in what the user gave (config, data, backbone choice): `python train.py` prints their one-line
+# message and exits with this status, apart from crashes (1) and preemption (75).
+USER_ERRORS = (ConfigError, DataError, BackboneConfigError, BackboneUnavailableError, SkillConfigError)
+USER_ERROR_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 3  # a non-finite loss or adapter: last/ holds the last good checkpoint
+
+
+def _in_multirun() -> bool:
+    """A multirun's launcher records a failed job and goes on with the others: it needs the exception."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def main(cfg: DictConfig) -> float | None:
     """Hydra entrypoint body: train, and hand the optimised metric to sweepers."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -272,6 +297,17 @@ def main(cfg: DictConfig) -> float | None:
     except Preempted as stop:  # a SIGTERM/SIGUSR1: last/ holds the state; the same command continues
         log.warning("run %s %s; last/ holds its state: the same command continues it", cfg.get("run_name"), stop)
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    except USER_ERRORS as error:  # the user's input: one line that names it, not a traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+            log.error("run %s: %s", cfg.get("run_name"), error)
+            raise
+        log.error("%s (set HYDRA_FULL_ERROR=1 for the traceback)", error)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+    except TrainingDiverged as error:
+        log.error("run %s stopped: %s", cfg.get("run_name"), error)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+            raise
+        raise SystemExit(DIVERGED_EXIT_CODE) from None
     except Exception:
         # In a multirun the launcher goes on with the other jobs and re-raises only the first failure
         # at the end: log every failure where it happens (console and the job's train.log).

