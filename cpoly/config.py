@@ -119,6 +119,11 @@ class TrainerConfig:
     # many steps each builds ahead
     num_workers: int = 1
     prefetch_factor: int = 2
+    # checkpoints (last/, with the trainer state) besides those at each evaluation: every N steps and/or
+    # every M minutes; a kill loses at most that much training. The newest `keep_checkpoints` are kept.
+    save_every: int | None = None
+    save_every_minutes: float | None = None
+    keep_checkpoints: int = 2
 
     def global_batch_size(self, processes: int) -> int:
         """Examples per optimizer step: every micro-batch of every process."""
@@ -295,6 +300,12 @@ def check_config(cfg: DictConfig) -> None:
     ):
         if getattr(trainer, name) < 1:
             raise ConfigError(f"trainer.{name}={getattr(trainer, name)}: must be >= 1")
+    if trainer.save_every is not None and trainer.save_every < 1:
+        raise ConfigError(f"trainer.save_every={trainer.save_every}: must be >= 1 (steps) or null")
+    if trainer.save_every_minutes is not None and not (0 < trainer.save_every_minutes < math.inf):
+        raise ConfigError(f"trainer.save_every_minutes={trainer.save_every_minutes}: must be > 0 or null")
+    if trainer.keep_checkpoints < 1:
+        raise ConfigError(f"trainer.keep_checkpoints={trainer.keep_checkpoints}: must be >= 1")
     if trainer.num_workers < 0:
         raise ConfigError(
             f"trainer.num_workers={trainer.num_workers}: must be >= 0 (0 builds batches on the training thread)"

@@ -147,7 +147,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float) -> dict[str, Any]:
-    resume_state = resume_decision(cfg.resume, out, config)
+    resume_point = resume_decision(cfg.resume, out, config)
+    resume_state = resume_point.state if resume_point else None
     if resume_state is not None and resume_state["step"] >= cfg.trainer.max_steps and (out / "results.json").is_file():
         log.info("%s already finished at step %d; nothing to do", out, resume_state["step"])
         return json.loads((out / "results.json").read_text())
@@ -242,8 +243,8 @@ def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float
             on_eval=reporter.on_eval,
             checkpoint_extra=lambda: {"config": config, "config_hash": config_hash(config)},
         )
-        if resume_state is not None:
-            loop.restore(out / "last")
+        if resume_point is not None:
+            loop.restore(resume_point.directory)
         loop.state.wandb_run_id = wandb.run_id
         state = loop.fit()
         run_info = {
@@ -296,6 +297,8 @@ def main(cfg: DictConfig) -> float | None:
         results = train(cfg)
     except Preempted as stop:  # a SIGTERM/SIGUSR1: last/ holds the state; the same command continues
         log.warning("run %s %s; last/ holds its state: the same command continues it", cfg.get("run_name"), stop)
+        if stop.requeue is not None:  # submitit's handler: requeue the job (it exits the process itself)
+            stop.requeue()
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
     except USER_ERRORS as error:  # the user's input: one line that names it, not a traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():

@@ -163,3 +163,35 @@ def test_sigterm_checkpoints_exits_and_the_same_command_ends_as_an_uninterrupted
     assert strip(out / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
     for name in ("adapter_model.safetensors",):
         assert (out / "last" / name).read_bytes() == (tmp_path / "whole" / "last" / name).read_bytes()
+
+
+def test_submitit_requeues_a_job_at_its_preemption_signal_and_the_job_resumes(tmp_path):
+    """submitit's own preemption path, for real: the job process gets submitit's signal (USR2, what SLURM
+    sends before a time limit or preemption, and what submitit_local sends before `timeout_min`); the run
+    writes last/ after its step, then submitit's handler requeues the job, which resumes and finishes."""
+    import os
+    import signal
+    import time
+
+    import psutil
+    from helpers.compose import with_test_backbone
+
+    sweep = tmp_path / "sweep"
+    args = [*SMALL, "trainer.max_steps=400", "trainer.eval_every=400", "trainer.log_every=5", "trainer.cpu_threads=1"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    env["CPOLY_CACHE_DIR"] = str(tmp_path / "cache")
+    command = [sys.executable, str(REPO_ROOT / "train.py"), "-m", "hydra/launcher=submitit_local"]
+    command += with_test_backbone([*args, f"hydra.sweep.dir={sweep}"])
+    sweeper = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(len(m.read_text().splitlines()) >= 3 for m in sweep.glob("*/metrics.jsonl")):
+        time.sleep(0.05)
+    jobs = [p for p in psutil.Process(sweeper.pid).children(recursive=True) if "submitit.core._submit" in p.cmdline()]
+    (job,) = [p for p in jobs if p.parent() not in jobs]  # the job, not its DataLoader worker
+    job.send_signal(signal.SIGUSR2)
+    stdout, stderr = sweeper.communicate(timeout=600)
+    logs = "".join(p.read_text(errors="replace") for p in sorted((sweep / ".submitit").rglob("*_log.*")))
+    assert sweeper.returncode == 0, stderr[-3000:] + logs[-3000:]
+    assert "preempted at step" in logs and "Requeued job" in logs and "resumed from" in logs, logs[-3000:]
+    (result,) = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert result["steps"] == 400

@@ -18,6 +18,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from cpoly.atomic import atomic_directory
+from cpoly.distributed import gathered, sharded_like
 from cpoly.skills.config import SkillConfig
 from cpoly.skills.layer import linear_shape
 from cpoly.skills.model import add_skills, find_target_modules, skill_state, skilled_layers, task_batch
@@ -57,8 +58,15 @@ def _base_model_info(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def write_skills(model: nn.Module, directory: str | Path) -> None:
-    """Write the two adapter files into an existing folder (no atomicity: see `save_skills`)."""
+def saved_adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors as saved: whole and on the CPU. Sharded ones (FSDP2) are gathered: then every
+    process must call this, and one writes them (`write_skills(..., tensors=)`)."""
+    return {k: gathered(v).detach().to("cpu").contiguous().clone() for k, v in adapter_state_dict(model).items()}
+
+
+def write_skills(model: nn.Module, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the two adapter files into an existing folder (no atomicity: see `save_skills`); `tensors`:
+    `saved_adapter_tensors(model)` if already gathered."""
     state = skill_state(model)
     layers = {name: {"d_in": layer.d_in, "d_out": layer.d_out} for name, layer in skilled_layers(model)}
     meta = {
@@ -68,7 +76,7 @@ def write_skills(model: nn.Module, directory: str | Path) -> None:
         "layers": layers,
         "base_model": _base_model_info(model),
     }
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_state_dict(model).items()}
+    tensors = saved_adapter_tensors(model) if tensors is None else tensors
     directory = Path(directory)
     (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": FORMAT})
@@ -82,7 +90,8 @@ def save_skills(model: nn.Module, directory: str | Path) -> Path:
 
 
 def load_skill_tensors(model: nn.Module, directory: str | Path) -> None:
-    """Copy saved tensors into a model that already has the same skills (resuming a run)."""
+    """Copy saved tensors into a model that already has the same skills (resuming a run), sharded (FSDP2)
+    or not."""
     directory = Path(directory)
     _copy_into(model, _read_weights(directory), directory)
 
@@ -105,6 +114,11 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if legacy.is_file():
         return torch.load(legacy, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{path}: no adapter weights")
+
+
+def read_skill_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """A saved folder's adapter tensors, by name (raises if they are absent or unreadable)."""
+    return _read_weights(Path(directory))
 
 
 def _check_layers_match(
@@ -141,6 +155,7 @@ def _copy_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path)
         if tensors[name].shape != want.shape:
             got = tuple(tensors[name].shape)
             raise ValueError(f"{source}: tensor {name} has shape {got}, the model expects {tuple(want.shape)}")
+    tensors = {name: sharded_like(want, tensors[name]) for name, want in expected.items()}
     for layer_name, layer in skilled_layers(model):
         layer.load_adapter_tensors({name: tensors[f"{layer_name}.{name}"] for name in layer.adapter_tensors()})
     with torch.no_grad():

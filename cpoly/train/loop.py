@@ -107,8 +107,12 @@ class TrainLoop:
     on_eval: Callable[[Evaluation, int, bool], None]  # (evaluation, step, is_best)
     checkpoint_extra: Callable[[], dict[str, Any]] = lambda: {}
     state: LoopState = field(default_factory=LoopState)
+    _saved_at: float = field(default_factory=time.monotonic, init=False)  # when `last/` was last written
 
     def __post_init__(self) -> None:
+        from cpoly.train.launch import prepare_backend  # checks the launch (FSDP2: Accelerate's units)
+
+        prepare_backend(self.accelerator, self.model, self.kind)
         self.optimizer = build_optimizer(self.model, self.optim)
         self.scheduler = build_scheduler(self.optimizer, self.optim, self.trainer.max_steps)
         # The scheduler is stepped by hand once per optimizer step (Accelerate would step it once per
@@ -128,10 +132,20 @@ class TrainLoop:
         log.info("resumed from %s at step %d", directory, self.state.step)
 
     def _checkpoint(self, directory: Path, with_state: bool) -> None:
-        if not self.accelerator.is_main_process:
+        # FSDP2's sharded adapters and optimizer state are gathered from every process; the main one writes
+        acc = self.accelerator
+        if not (acc.is_main_process or acc.is_fsdp2):
             return
         trainer_state = dict(self.state.as_dict(), **self.checkpoint_extra()) if with_state else None
-        save_checkpoint(directory, self.unwrapped, self.optimizer.optimizer, self.scheduler, trainer_state)
+        save_checkpoint(
+            directory,
+            self.unwrapped,
+            self.optimizer.optimizer,
+            self.scheduler,
+            trainer_state,
+            acc.is_main_process,
+            keep=self.trainer.keep_checkpoints if with_state else 1,
+        )
 
     # -- batches ---------------------------------------------------------------------------------
     def _batch_loader(self) -> DataLoader:
@@ -237,9 +251,7 @@ class TrainLoop:
                     step_start = time.perf_counter()
                     micro_batches = self._on_device(next(batches))
                     self.state.data_seconds += time.perf_counter() - step_start
-                    window_loss, window_n = self._train_step(
-                        micro_batches, step_start, window_loss, window_n, started, bar
-                    )
+                    window_loss, window_n = self._train_step(micro_batches, step_start, window_loss, window_n, started, bar)
                     at_log = self.state.step % t.log_every == 0
                     if self.state.step < t.max_steps and stop.requested(acc, sync_point=at_log):
                         self._hold_window(window_loss, window_n)
@@ -247,7 +259,7 @@ class TrainLoop:
                         self._checkpoint(self.output_dir / "last", with_state=True)
                         acc.wait_for_everyone()
                         bar.close()
-                        raise Preempted(self.state.step)
+                        raise Preempted(self.state.step, requeue=stop.requeue())
         finally:  # the workers stop now, also when a step raised (its traceback would keep them alive)
             del batches
         bar.close()
@@ -308,7 +320,28 @@ class TrainLoop:
         if step % t.eval_every == 0 or step == t.max_steps:
             self._hold_window(window_loss, window_n)
             self._evaluate_and_checkpoint(step)
+        elif self._save_due(step):
+            self._hold_window(window_loss, window_n)
+            self._count_tokens()
+            self._checkpoint(self.output_dir / "last", with_state=True)
+            self._saved_at = time.monotonic()
+            self.accelerator.wait_for_everyone()
         return window_loss, window_n
+
+    def _save_due(self, step: int) -> bool:
+        """`trainer.save_every` steps, or `trainer.save_every_minutes` since the last checkpoint (with several
+        processes decided at log steps, where they agree on it, as preemption is)."""
+        t, acc = self.trainer, self.accelerator
+        if t.save_every and step % t.save_every == 0:
+            return True
+        if not t.save_every_minutes:
+            return False
+        due = time.monotonic() - self._saved_at >= 60 * t.save_every_minutes
+        if acc.num_processes == 1:
+            return due
+        if step % t.log_every:
+            return False
+        return bool(acc.reduce(torch.tensor(float(due), device=acc.device), reduction="sum").item() > 0)
 
     def _hold_window(self, window_loss: torch.Tensor, window_n: torch.Tensor) -> None:
         """Put the loss window (summed over processes) in the state that checkpoints save."""
@@ -340,4 +373,5 @@ class TrainLoop:
             self._checkpoint(self.output_dir / "best", with_state=False)
         self.on_eval(evaluation, step, is_best)
         self._checkpoint(self.output_dir / "last", with_state=True)
+        self._saved_at = time.monotonic()
         self.accelerator.wait_for_everyone()

@@ -3,15 +3,21 @@
 the next log step, where the processes agree on it). The loop then writes `last/`
 with the full trainer state and the process exits with `PREEMPTED_EXIT_CODE`; running the same command
 again (a requeued job does) continues from that checkpoint with `resume=auto` and ends exactly as an
-uninterrupted run. SIGUSR2 is left to submitit, which uses it for its own requeueing."""
+uninterrupted run.
+
+Under submitit (`hydra/launcher=slurm` or `submitit_local`), its own preemption signal (USR2 unless
+`SUBMITIT_PREEMPT_SIGNAL` says otherwise) is handled the same way first, and submitit's handler, which
+requeues the job, runs once `last/` is written (`Preempted.requeue`): the requeued job resumes from it."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -25,14 +31,21 @@ class Preempted(BaseException):
     """Raised by the loop after it checkpointed on a preemption signal (BaseException: nothing on the way
     up should treat it as an error to recover from)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, requeue: Callable[[], None] | None = None) -> None:
         super().__init__(f"preempted at step {step}")
         self.step = step
+        self.requeue = requeue  # submitit's handler of the signal, deferred until last/ is written
 
 
 class StopFlag:
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.deferred: dict[int, Callable] = {}  # signal -> the handler it had (submitit's)
+
+    def requeue(self) -> Callable[[], None] | None:
+        """The deferred handler of the signal received, to run after the checkpoint (None: none)."""
+        handler = self.deferred.get(self.signal) if self.signal is not None else None
+        return None if handler is None else functools.partial(handler, self.signal, None)
 
     def requested(self, accelerator, sync_point: bool) -> bool:
         """Whether a process received a signal. Alone, at every step (the flag is local); with several
@@ -45,6 +58,14 @@ class StopFlag:
             return False
         flag = torch.tensor(float(local), device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def submitit_signal() -> int | None:
+    """The signal submitit requeues on, inside a submitit job (None outside one)."""
+    if "SUBMITIT_EXECUTOR" not in os.environ and "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, f"SIG{name.removeprefix('SIG')}", None)
 
 
 @contextlib.contextmanager
@@ -61,6 +82,10 @@ def stop_on_signals() -> Iterator[StopFlag]:
         flag.signal = signum
 
     previous = {s: signal.signal(s, record) for s in SIGNALS}
+    submitit = submitit_signal()
+    if submitit is not None and callable(signal.getsignal(submitit)):  # a handler of submitit's: deferred
+        previous[submitit] = signal.signal(submitit, record)
+        flag.deferred[submitit] = previous[submitit]
     try:
         yield flag
     finally:

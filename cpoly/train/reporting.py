@@ -17,6 +17,7 @@ import torch
 from cpoly.atomic import atomic_write_text
 from cpoly.data.example import BenchmarkData, Example
 from cpoly.data.synthetic import skill_recovery, structure_entropy, true_similarity
+from cpoly.distributed import full_parameters
 from cpoly.eval.scoring import majority_baseline
 from cpoly.logging import MetricsLog, WandbLogger, allocation_entropy, plot_allocation, write_results
 from cpoly.logging.dendrogram import cophenetic_agreement, plot_dendrograms
@@ -62,14 +63,18 @@ class RunReporter:
 
     def on_log(self, metrics: dict[str, float], step: int) -> None:
         if self.has_allocation:
-            metrics["alloc/entropy"] = allocation_entropy(allocation_matrix(self.model))
+            with full_parameters(self.model):  # every process: a sharded model's are gathered
+                metrics["alloc/entropy"] = allocation_entropy(allocation_matrix(self.model))
         if self.is_main:
             self.metrics_log.log(metrics, step)
             self.wandb.log(metrics, step)
 
     def on_eval(self, evaluation: Evaluation, step: int, is_best: bool) -> None:
-        if not self.is_main:
-            return
+        with full_parameters(self.model):  # every process: a sharded model's are gathered
+            if self.is_main:
+                self._report_evaluation(evaluation, step, is_best)
+
+    def _report_evaluation(self, evaluation: Evaluation, step: int, is_best: bool) -> None:
         metrics = {f"val/{task}/{k}": v for task, scores in evaluation.scores.items() for k, v in scores.items()}
         metrics["train/step"] = step
         self.metrics_log.log(metrics, step)
@@ -138,15 +143,18 @@ class RunReporter:
         return record
 
     def results(self, state: LoopState, run_info: dict[str, Any]) -> dict[str, Any]:
-        """`results.json`'s content: `run_info` (names, parameters, protocol facts) plus the outcome."""
-        allocation = allocation_matrix(self.model) if self.has_allocation else None
+        """`results.json`'s content: `run_info` (names, parameters, protocol facts) plus the outcome; every
+        process calls it (a sharded model's parameters are gathered)."""
+        with full_parameters(self.model):
+            allocation = allocation_matrix(self.model) if self.has_allocation else None
+            exclusive = exclusive_skill_usage(self.model)
         return {
             **run_info,
             "optimized_metric": self.optimized_metric,
             "final": {"step": state.step, **split_average(state.last_scores)},
             "best": {"step": state.best_step, **split_average(state.best_scores)},
             "skill_recovery": self.skill_recovery(allocation),
-            "exclusive_skills": exclusive_skill_usage(self.model),
+            "exclusive_skills": exclusive,
             "majority_baseline": self.majority_baseline(),
             "allocation": self.allocation_record(allocation),
             "steps": state.step,
