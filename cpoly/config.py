@@ -43,7 +43,7 @@ class MethodConfig:
     n_splits: int | None = None
     alpha: float = 1.0
     mixing: str | None = None  # params | outputs
-    task_weights: str | None = None  # trainable | fixed
+    task_weights: str | None = None  # trainable (dense) | fixed | block (within each task's own skills)
     temperature: float = 1.0
     top_k: int | None = None
     unknown_task: str = "error"  # error | uniform

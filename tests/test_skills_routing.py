@@ -69,9 +69,10 @@ def test_causal_mixed_task_generate_equals_one_by_one(beams):
         torch.testing.assert_close(together[i, width:], alone[0, len(p) :])
 
 
+@pytest.mark.parametrize("task_weights", ["trainable", "block"])
 @pytest.mark.parametrize("backward_inside_context", [True, False])
-def test_gradient_checkpointing_gives_the_same_gradients(backward_inside_context):
-    base = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+def test_gradient_checkpointing_gives_the_same_gradients(backward_inside_context, task_weights):
+    base = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS, task_weights=task_weights))
     randomize_adapters(base)
     base.train()
     checkpointed = copy.deepcopy(base)

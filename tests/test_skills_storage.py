@@ -206,6 +206,7 @@ AUTOCAST_SETTINGS = [
     dict(method="mhr", n_splits=2),
     dict(method="cpoly"),
     dict(method="cpoly", task_weights="fixed"),
+    dict(method="cpoly", task_weights="block", n_task_skills=2),
 ]
 
 

@@ -25,7 +25,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 MIXINGS = ("params", "outputs")
-TASK_WEIGHTS = ("trainable", "fixed")
+TASK_WEIGHTS = ("trainable", "fixed", "block")
 UNKNOWN_TASK = ("error", "uniform")
 
 
@@ -53,7 +53,9 @@ class SkillConfig:
     n_splits: int | None = None  # S; > 1 is Multi-Head Routing
     alpha: float = 1.0  # the delta is scaled by alpha / rank; 1.0 is PEFT Poly's 1 / r
     mixing: str | None = None  # "params" mixes A and B then multiplies; "outputs" sums skill outputs
-    task_weights: str | None = None  # exclusive-skill weights W_B: "trainable" (identity init) or "fixed"
+    # exclusive-skill weights W_B: "trainable" (dense T x T*B, identity init), "fixed" (the identity) or
+    # "block" (trainable within each task's own B skills only, T x B, identity init: the paper's Eq. 2)
+    task_weights: str | None = None
     temperature: float = 1.0  # relaxed-Bernoulli temperature (poly/mhr/cpoly), softmax temperature (moe_lora)
     top_k: int | None = None  # moe_lora: keep the k largest gate values per token (None: dense)
     unknown_task: str = "error"  # "uniform": unseen tasks get uniform shared weights and no task skill
@@ -118,6 +120,12 @@ class SkillConfig:
             _fail("mixing", self.mixing, f"must be one of {', '.join(MIXINGS)}")
         if self.task_weights not in TASK_WEIGHTS:
             _fail("task_weights", self.task_weights, f"must be one of {', '.join(TASK_WEIGHTS)}")
+        if self.task_weights == "block" and self.n_task_skills < 1:
+            _fail(
+                "task_weights",
+                self.task_weights,
+                f"block weights mix a task's exclusive skills: needs n_task_skills >= 1, not {self.n_task_skills}",
+            )
         if self.unknown_task not in UNKNOWN_TASK:
             _fail("unknown_task", self.unknown_task, f"must be one of {', '.join(UNKNOWN_TASK)}")
         if self.mixing == "outputs" and self.n_splits > 1:
@@ -164,7 +172,8 @@ class SkillConfig:
 
     @property
     def has_trainable_task_weights(self) -> bool:
-        return self.n_task_skills > 0 and self.task_weights == "trainable"
+        """W_B is a Parameter: dense (`trainable`) or block-diagonal (`block`)."""
+        return self.n_task_skills > 0 and self.task_weights in ("trainable", "block")
 
     @property
     def needs_task_ids(self) -> bool:

@@ -282,10 +282,16 @@ def task_lora_factors(model: nn.Module, task: str | int) -> dict[str, tuple[torc
                 parts_b += [layer.shared_B[0, k] for k in range(layer.n_shared)]
             if layer.n_task:
                 task_A, task_B = layer.task_A, layer.task_B
-                w = layer.task_weights.full()[batch.ids[0].clamp(min=0)].to(task_A.device)
+                t = int(batch.ids[0].clamp(min=0))
+                w = layer.task_weights.full()[t].to(task_A.device)
                 if not batch.all_known:
                     w = torch.zeros_like(w)
-                skills = range(w.shape[0]) if layer.task_weights.trainable else torch.nonzero(w).flatten().tolist()
+                if layer.task_weights.dense:
+                    skills = range(w.shape[0])
+                elif layer.task_weights.block:  # the task's own block, whatever its weights (one rank per task)
+                    skills = range(t * layer.n_task, (t + 1) * layer.n_task)
+                else:
+                    skills = torch.nonzero(w).flatten().tolist()
                 parts_a += [w[j] * task_A[0, j] for j in skills]
                 parts_b += [task_B[0, j] for j in skills]
             factors[name] = (torch.cat(parts_a, dim=1), torch.cat(parts_b, dim=0))

@@ -3,15 +3,15 @@
 Tensors, in PEFT Poly's layout so its adapters import by plain copy:
   shared skills  shared_A (S, K, d_in/S, r)      shared_B (S, K, r, d_out/S)
   task skills    task_A   (S, T*B, d_in/S, r)    task_B   (S, T*B, r, d_out/S)
-  routing        allocation.logits (T, S*K)      task_weights.weight (T, T*B)   gate (moe_lora)
+  routing        allocation.logits (T, S*K)      task_weights.weight (T, T*B), (T, B) for block   gate (moe_lora)
 Output: h = W0 x + (alpha / r) * x A~ B~, where A~ and B~ mix the skills with each example's weights
 ("params" mixing); or the weighted sum of each skill's own x A_k B_k ("outputs" mixing).
 
-Exclusive (task) skills are stored packed, `task_A` / `task_B` above, whatever W_B is: trainable W_B mixes
-all T*B skills for every example (a matmul); fixed W_B gathers each example's own task's skills. Either
-way every skill is one slice of one Parameter, so every step gives all of them a gradient (zero for the
-skills no example used) and AdamW steps them all: the one rule of `docs/design-decisions.md`, as PEFT
-Poly and mttl step their packed tensors.
+Exclusive (task) skills are stored packed, `task_A` / `task_B` above, whatever W_B is: trainable (dense)
+W_B mixes all T*B skills for every example (a matmul); fixed and block W_B gather each example's own
+task's skills (and, block, its row of weights). Either way every skill is one slice of one Parameter, so
+every step gives all of them a gradient (zero for the skills no example used) and AdamW steps them all:
+the one rule of `docs/design-decisions.md`, as PEFT Poly and mttl step their packed tensors.
 
 Routing noise (training-mode relaxed-Bernoulli samples) is drawn from `torch.rand` unless the batch
 carries per-example noise keys (`use_tasks(..., noise_keys=...)`, as the trainer does): then each
@@ -100,7 +100,7 @@ class SkilledLinear(nn.Module):
             self.shared_A, self.shared_B = _skill_pair(S, K, self.d_in, self.d_out, r)
         if B:
             self.task_A, self.task_B = _skill_pair(S, n_tasks * B, self.d_in, self.d_out, r)
-            self.task_weights = TaskSkillWeights(n_tasks, B, trainable=c.has_trainable_task_weights)
+            self.task_weights = TaskSkillWeights(n_tasks, B, c.task_weights)
         if c.has_learned_allocation:
             self.allocation = SharedAllocation(n_tasks, S, K, c.temperature, layer_index=index)
         if c.method == "moe_lora":
@@ -220,7 +220,7 @@ class SkilledLinear(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """a + the exclusive skills' mixture for A, the same for B (flattened as `_shared_mixture`)."""
         n = batch.ids.shape[0]
-        if self.task_weights.trainable:
+        if self.task_weights.dense:
             w = self.task_weights(batch)  # (b, T*B): a matmul over all tasks' skills, added to a in it
             skills_a = self.task_A.transpose(0, 1).reshape(w.shape[1], -1)
             skills_b = self.task_B.transpose(0, 1).reshape(w.shape[1], -1)
@@ -228,14 +228,18 @@ class SkilledLinear(nn.Module):
                 return w @ skills_a, w @ skills_b
             return torch.addmm(a, w, skills_a), torch.addmm(b, w, skills_b)
         own_a, own_b = self._own_task_skills(batch)
-        ta, tb = own_a.mean(2).reshape(n, -1), own_b.mean(2).reshape(n, -1)
+        if self.task_weights.block:
+            w = self.task_weights(batch).view(n, 1, self.n_task, 1, 1)  # each example's row of its own block
+            ta, tb = (w * own_a).sum(2).reshape(n, -1), (w * own_b).sum(2).reshape(n, -1)
+        else:
+            ta, tb = own_a.mean(2).reshape(n, -1), own_b.mean(2).reshape(n, -1)
         if a is None:
             return ta, tb
         return a + ta, b + tb
 
     def _own_task_skills(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed weights: each example's own task's B skills gathered from the packed tensors, (b, S, B,
-        d_in/S, r) and (b, S, B, r, d_out/S), zeros for an unknown task."""
+        """Fixed and block weights: each example's own task's B skills gathered from the packed tensors,
+        (b, S, B, d_in/S, r) and (b, S, B, r, d_out/S), zeros for an unknown task."""
         B = self.n_task
         ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
         columns = (ids[:, None] * B + torch.arange(B, device=ids.device)).reshape(-1)  # (b*B,)
@@ -255,14 +259,18 @@ class SkilledLinear(nn.Module):
             xa = torch.einsum("bld,kdr->blkr", x3, self.shared_A[0]) * w[:, None, :, None]
             delta = torch.einsum("blkr,kro->blo", xa, self.shared_B[0])
         if self.n_task:
-            if self.task_weights.trainable:
+            if self.task_weights.dense:
                 w = self.task_weights(batch).repeat_interleave(repeats, 0)  # (b, T*B)
                 xa = torch.einsum("bld,jdr->bljr", x3, self.task_A[0]) * w[:, None, :, None]
                 part = torch.einsum("bljr,jro->blo", xa, self.task_B[0])
             else:
                 own_a, own_b = (s[:, 0].repeat_interleave(repeats, 0) for s in self._own_task_skills(batch))
                 xa = torch.einsum("bld,bjdr->bljr", x3, own_a)
-                part = torch.einsum("bljr,bjro->blo", xa, own_b) / self.n_task
+                if self.task_weights.block:
+                    w = self.task_weights(batch).repeat_interleave(repeats, 0)  # (b, B)
+                    part = torch.einsum("bljr,bjro->blo", xa * w[:, None, :, None], own_b)
+                else:
+                    part = torch.einsum("bljr,bjro->blo", xa, own_b) / self.n_task
             delta = part if delta is None else delta + part
         return delta
 
@@ -278,4 +286,5 @@ class SkilledLinear(nn.Module):
         return (
             f"method={c.method}, d_in={self.d_in}, d_out={self.d_out}, rank={c.rank}, K={c.n_skills}, "
             f"B={c.n_task_skills}, S={c.n_splits}, T={c.n_tasks}, mixing={c.mixing}"
+            + (f", task_weights={c.task_weights}" if c.n_task_skills else "")
         )

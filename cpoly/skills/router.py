@@ -4,7 +4,7 @@
   the shared half of C-Poly): relaxed-Bernoulli samples while training, sigmoid at evaluation,
   normalised within each split. The same tensors and formulas as PEFT's Poly router.
 - `TaskSkillWeights`: the weights W_B of the exclusive skills (C-Poly): block-diagonal 1/B at init,
-  trainable or fixed.
+  trainable (dense), fixed, or trainable within the blocks only.
 - `TokenGate`: moe_lora's token-level softmax gate over the experts, optionally top-k.
 - `RoutingState`: the task ids of the current batch, shared by every adapted layer of a model and set
   by `use_tasks`.
@@ -135,27 +135,49 @@ class SharedAllocation(nn.Module):
 
 
 class TaskSkillWeights(nn.Module):
-    """Exclusive-skill weights W_B (T, T*B): block-diagonal 1/B on a task's own B skills.
+    """Exclusive-skill weights W_B (T, T*B): block-diagonal 1/B on a task's own B skills at init.
 
-    Fixed weights are never materialised: each example averages its own task's B skills (see
-    `SkilledLinear`), so the cost does not grow with the number of tasks. Trainable weights mix over
-    all T*B skills (the paper lets off-diagonal entries learn)."""
+    `mode` is the config's `task_weights`:
+    - `fixed`: never materialised: each example averages its own task's B skills (see `SkilledLinear`),
+      so the cost does not grow with the number of tasks;
+    - `trainable`: the dense (T, T*B) matrix: every example mixes all T*B skills (the paper lets
+      off-diagonal entries learn; the authors' code);
+    - `block`: only the diagonal blocks are stored, `weight` (T, B), row t the weights of task t's own B
+      skills (the paper's Eq. 2); each example gathers its own task's row and skills, so the cost does
+      not grow with the number of tasks either."""
 
-    def __init__(self, n_tasks: int, n_task_skills: int, trainable: bool) -> None:
+    def __init__(self, n_tasks: int, n_task_skills: int, mode: str) -> None:
         super().__init__()
-        self.n_tasks, self.n_task_skills, self.trainable = n_tasks, n_task_skills, trainable
-        if trainable:
+        self.n_tasks, self.n_task_skills, self.mode = n_tasks, n_task_skills, mode
+        if mode != "fixed":
             self.weight = nn.Parameter(self.initial_weight())
 
+    @property
+    def dense(self) -> bool:
+        """The dense (T, T*B) matrix: each example mixes every task's skills."""
+        return self.mode == "trainable"
+
+    @property
+    def block(self) -> bool:
+        return self.mode == "block"
+
     def initial_weight(self) -> torch.Tensor:
+        """The stored weights at init: (T, T*B) block-diagonal 1/B, or its (T, B) blocks for `block`."""
+        if self.block:
+            return torch.full((self.n_tasks, self.n_task_skills), 1.0 / self.n_task_skills)
         eye = torch.eye(self.n_tasks)
         return torch.repeat_interleave(eye, self.n_task_skills, dim=1) / self.n_task_skills
 
     def full(self) -> torch.Tensor:
-        return self.weight if self.trainable else self.initial_weight()
+        """W_B as the (T, T*B) matrix, zeros off the blocks where only they exist."""
+        if self.block:
+            eye = torch.eye(self.n_tasks, dtype=self.weight.dtype, device=self.weight.device)
+            return (eye[:, :, None] * self.weight[:, None, :]).reshape(self.n_tasks, -1)
+        return self.weight if self.dense else self.initial_weight()
 
     def forward(self, batch: TaskBatch) -> torch.Tensor:
-        """Trainable weights only: rows of W_B for the batch, (b, T*B); zero rows for unknown tasks."""
+        """Stored weights only: rows of `weight` for the batch, (b, T*B) dense or (b, B) block; zero rows
+        for unknown tasks."""
         ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
         rows = self.weight[ids]
         if not batch.all_known:

@@ -6,7 +6,8 @@ they account for: ||dW_t - dW_t^shared|| / ||dW_t||, where dW_t^shared is the up
 exclusive skill removed, averaged over the adapted layers. 1 for task_lora (nothing is shared), 0 for a
 C-Poly whose exclusive skills learned nothing; undefined (None) for methods without exclusive skills.
 With trainable W_B, `own_task_weight` is the share of each row's absolute weight on the task's own
-block (1 at the identity init): whether tasks keep to their own exclusive skills or borrow others'.
+block (1 at the identity init): whether tasks keep to their own exclusive skills or borrow others'
+(`task_weights: block` cannot borrow: 1 by construction).
 """
 
 from __future__ import annotations
