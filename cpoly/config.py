@@ -174,6 +174,7 @@ def skills_tag(
     rank: int | None,
     match_params: str | None = None,
     match_by: str | None = None,
+    task_weights: str | None = None,
 ) -> str:
     """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2. A
     parameter-matched run shows the knob it sizes as M and names the method it matches: kMr2-match_cpoly."""
@@ -196,6 +197,8 @@ def skills_tag(
         "cpoly": f"a{k}b{b}" + (f"s{s}" if s and s > 1 else ""),
     }.get(method, f"k{k}b{b}s{s}")
     tag = f"{parts}r{r}"
+    if task_weights is not None and task_weights != d.get("task_weights"):  # e.g. C-Poly's block W_B: wblock
+        tag += f"w{task_weights}"
     return tag if match_params is None else f"{tag}-match_{match_params}"
 
 

@@ -302,7 +302,7 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
     except USER_ERRORS as error:  # the user's input: one line that names it, not a traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
-            log.error("run %s: %s", cfg.get("run_name"), error)
+            log.error("run %s failed: %s", cfg.get("run_name"), error)
             raise
         log.error("%s (set HYDRA_FULL_ERROR=1 for the traceback)", error)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None

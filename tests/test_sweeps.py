@@ -182,9 +182,13 @@ def test_submitit_requeues_a_job_at_its_preemption_signal_and_the_job_resumes(tm
     env["CPOLY_CACHE_DIR"] = str(tmp_path / "cache")
     command = [sys.executable, str(REPO_ROOT / "train.py"), "-m", "hydra/launcher=submitit_local"]
     command += with_test_backbone([*args, f"hydra.sweep.dir={sweep}"])
-    sweeper = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweeper = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 180
-    while time.time() < deadline and not any(len(m.read_text().splitlines()) >= 3 for m in sweep.glob("*/metrics.jsonl")):
+    while time.time() < deadline and not any(
+        len(m.read_text().splitlines()) >= 3 for m in sweep.glob("*/metrics.jsonl")
+    ):
         time.sleep(0.05)
     jobs = [p for p in psutil.Process(sweeper.pid).children(recursive=True) if "submitit.core._submit" in p.cmdline()]
     (job,) = [p for p in jobs if p.parent() not in jobs]  # the job, not its DataLoader worker

@@ -39,6 +39,7 @@ from cpoly.skills import use_tasks
 from cpoly.train.batches import StepBatches, step_loader
 from cpoly.train.checkpoint import restore_checkpoint, save_checkpoint
 from cpoly.train.evaluation import Evaluation
+from cpoly.train.launch import prepare_backend
 from cpoly.train.optim import build_optimizer, build_scheduler, fill_missing_grads, learning_rates
 from cpoly.train.preemption import Preempted, stop_on_signals
 
@@ -110,8 +111,6 @@ class TrainLoop:
     _saved_at: float = field(default_factory=time.monotonic, init=False)  # when `last/` was last written
 
     def __post_init__(self) -> None:
-        from cpoly.train.launch import prepare_backend  # checks the launch (FSDP2: Accelerate's units)
-
         prepare_backend(self.accelerator, self.model, self.kind)
         self.optimizer = build_optimizer(self.model, self.optim)
         self.scheduler = build_scheduler(self.optimizer, self.optim, self.trainer.max_steps)
@@ -251,7 +250,9 @@ class TrainLoop:
                     step_start = time.perf_counter()
                     micro_batches = self._on_device(next(batches))
                     self.state.data_seconds += time.perf_counter() - step_start
-                    window_loss, window_n = self._train_step(micro_batches, step_start, window_loss, window_n, started, bar)
+                    window_loss, window_n = self._train_step(
+                        micro_batches, step_start, window_loss, window_n, started, bar
+                    )
                     at_log = self.state.step % t.log_every == 0
                     if self.state.step < t.max_steps and stop.requested(acc, sync_point=at_log):
                         self._hold_window(window_loss, window_n)
