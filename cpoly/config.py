@@ -117,7 +117,7 @@ class TrainerConfig:
     progress_bar: bool = True
     # DataLoader worker processes building the coming steps' batches (0: on the training thread), and how
     # many steps each builds ahead
-    num_workers: int = 1
+    num_workers: int | None = None  # null: 0 on a CPU (measured faster there), 2 on a GPU
     prefetch_factor: int = 2
     # checkpoints (last/, with the trainer state) besides those at each evaluation: every N steps and/or
     # every M minutes; a kill loses at most that much training. The newest `keep_checkpoints` are kept.
@@ -309,7 +309,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.save_every_minutes={trainer.save_every_minutes}: must be > 0 or null")
     if trainer.keep_checkpoints < 1:
         raise ConfigError(f"trainer.keep_checkpoints={trainer.keep_checkpoints}: must be >= 1")
-    if trainer.num_workers < 0:
+    if trainer.num_workers is not None and trainer.num_workers < 0:
         raise ConfigError(
             f"trainer.num_workers={trainer.num_workers}: must be >= 0 (0 builds batches on the training thread)"
         )

@@ -177,7 +177,7 @@ class TrainLoop:
             steps,
             self.state.step,
             t.max_steps,
-            num_workers=t.num_workers,
+            num_workers=t.num_workers if t.num_workers is not None else (2 if acc.device.type == "cuda" else 0),
             prefetch_factor=t.prefetch_factor,
             pin_memory=acc.device.type == "cuda",
         )
