@@ -42,7 +42,7 @@ def command(out: Path, steps: int, extra: list[str]) -> list[str]:
         "benchmark.n_train_per_task=40",
         "benchmark.n_eval_per_task=4",
         f"trainer.max_steps={steps}",
-        f"trainer.eval_every={max(steps // 4, 1)}",
+        f"trainer.eval_every={max(steps // 10, 1)}",
         "trainer.save_every=3",
         "trainer.log_every=1",
         "trainer.progress_bar=false",
@@ -138,7 +138,7 @@ def soak(kills: int, steps: int, seed: int, scratch: Path, extra: list[str] = ()
         raise RuntimeError(f"the uninterrupted run failed:\n{done.stderr[-3000:]}")
     first = next(r["time"] for r in logged_steps(reference) if "train/loss" in r)
     startup = max(first - wall_started, 1.0)  # launch -> first step: where startup kills land
-    eval_every = max(steps // 4, 1)
+    eval_every = max(steps // 10, 1)
     hits: list[str] = []
     restarts = 0
     while len(hits) < kills:
