@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("startup", "train", "eval", "checkpoint")
 
 
-def command(out: Path, steps: int, extra: list[str]) -> list[str]:
+def command(out: Path, steps: int, extra: list[str], eval_every: int) -> list[str]:
     return [
         sys.executable,
         str(ROOT / "train.py"),
@@ -42,7 +42,7 @@ def command(out: Path, steps: int, extra: list[str]) -> list[str]:
         "benchmark.n_train_per_task=40",
         "benchmark.n_eval_per_task=4",
         f"trainer.max_steps={steps}",
-        f"trainer.eval_every={max(steps // 10, 1)}",
+        f"trainer.eval_every={eval_every}",
         "trainer.save_every=3",
         "trainer.log_every=1",
         "trainer.progress_bar=false",
@@ -127,23 +127,27 @@ def compare(a: Path, b: Path) -> list[str]:
     return problems
 
 
-def soak(kills: int, steps: int, seed: int, scratch: Path, extra: list[str] = ()) -> dict:
+def soak(
+    kills: int, steps: int, seed: int, scratch: Path, extra: list[str] = (), eval_every: int | None = None
+) -> dict:
+    eval_every = eval_every or max(steps // 10, 1)
     rng = random.Random(seed)
     reference, victim = scratch / "uninterrupted", scratch / "killed"
     wall_started = time.time()
     done = subprocess.run(
-        command(reference, steps, list(extra)), cwd=ROOT, env=environment(), capture_output=True, text=True
+        command(reference, steps, list(extra), eval_every), cwd=ROOT, env=environment(), capture_output=True, text=True
     )
     if done.returncode:
         raise RuntimeError(f"the uninterrupted run failed:\n{done.stderr[-3000:]}")
     first = next(r["time"] for r in logged_steps(reference) if "train/loss" in r)
     startup = max(first - wall_started, 1.0)  # launch -> first step: where startup kills land
-    eval_every = max(steps // 10, 1)
     hits: list[str] = []
     restarts = 0
     while len(hits) < kills:
         phase = PHASES[len(hits) % len(PHASES)]
-        code, what = run_until_killed(command(victim, steps, list(extra)), victim, phase, rng, eval_every, startup)
+        code, what = run_until_killed(
+            command(victim, steps, list(extra), eval_every), victim, phase, rng, eval_every, startup
+        )
         restarts += 1
         if code is None:
             hits.append(what)
@@ -153,7 +157,7 @@ def soak(kills: int, steps: int, seed: int, scratch: Path, extra: list[str] = ()
             raise RuntimeError(f"a restart failed (exit {code}):\n{what[-3000:]}")
     else:  # the last restart runs to the end
         finished = subprocess.run(
-            command(victim, steps, list(extra)), cwd=ROOT, env=environment(), capture_output=True, text=True
+            command(victim, steps, list(extra), eval_every), cwd=ROOT, env=environment(), capture_output=True, text=True
         )
         restarts += 1
         if finished.returncode:
@@ -167,12 +171,13 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=None, help="default: a tenth of the steps")
     parser.add_argument("--keep", type=Path, default=None, help="keep the two run folders here")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (e.g. method=poly)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="kill_soak-"))
     try:
-        report = soak(args.kills, args.steps, args.seed, scratch, args.overrides)
+        report = soak(args.kills, args.steps, args.seed, scratch, args.overrides, args.eval_every)
     finally:
         if args.keep:
             shutil.copytree(scratch, args.keep, dirs_exist_ok=True, symlinks=True)

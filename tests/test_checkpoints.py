@@ -196,7 +196,18 @@ def test_a_full_disk_while_writing_results_keeps_the_previous_file(tmp_path, mon
 @pytest.mark.slow
 def test_kill_soak_short(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "kill_soak.py"), "--kills", "4", "--steps", "24", "--seed", "3"],
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "kill_soak.py"),
+            "--kills",
+            "4",
+            "--steps",
+            "24",
+            "--seed",
+            "3",
+            "--eval-every",
+            "6",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
