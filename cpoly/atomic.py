@@ -57,15 +57,26 @@ def fsync_dir(folder: Path) -> None:
 def versions(path: str | Path) -> list[Path]:
     """The complete versions published at `path` by `versioned_directory`, oldest first."""
     path = Path(path)
-    found = [
-        (int(p.name.rsplit(".v", 1)[1]), p) for p in path.parent.glob(f".{path.name}.v*") if _version_no(p) is not None
-    ]
-    return [p for _, p in sorted(found)]
+    found = [(_version_no(p), p) for p in path.parent.glob(f".{path.name}.v*")]
+    return [p for number, p in sorted(found, key=lambda f: f[0] or 0) if number is not None]
 
 
 def _version_no(p: Path) -> int | None:
     tail = p.name.rsplit(".v", 1)[-1]
     return int(tail) if tail.isdigit() and p.is_dir() else None
+
+
+@contextlib.contextmanager
+def _filled_sibling(path: Path) -> Iterator[Path]:
+    """A temporary folder beside `path` to fill, flushed to the disk after; removed if filling fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -76,13 +87,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     folders a crash must never leave without a complete version, use `versioned_directory`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with _filled_sibling(path) as tmp:
         yield tmp
-        fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -109,18 +115,13 @@ def versioned_directory(path: str | Path, keep: int = 1) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with _filled_sibling(path) as tmp:
         yield tmp
-        fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if path.is_dir() and not path.is_symlink():  # the old layout: a plain folder becomes version 0
         os.replace(path, path.with_name(f".{path.name}.v0"))
         os.symlink(f".{path.name}.v0", path)
     existing = versions(path)
-    number = int(existing[-1].name.rsplit(".v", 1)[1]) + 1 if existing else 1
+    number = _version_no(existing[-1]) + 1 if existing else 1
     version = path.with_name(f".{path.name}.v{number}")
     os.replace(tmp, version)
     link = path.with_name(f".{path.name}.link-{os.getpid()}")
