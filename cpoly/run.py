@@ -213,8 +213,8 @@ def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float
         optimized_metric=cfg.optimized_metric or f"val/avg/{data.main_metric}",
         run_name=cfg.run_name,
     )
-    if is_main and resume_state is not None:
-        reporter.metrics_log.truncate_after(resume_state["step"])
+    if is_main:  # lines past the resumed step, or all of a killed attempt's lines that left no checkpoint
+        reporter.metrics_log.truncate_after(resume_state["step"] if resume_state is not None else -1)
     try:
         loop = TrainLoop(
             accelerator=accelerator,

@@ -17,6 +17,7 @@ from helpers.compose import REPO_ROOT, compose_train
 from safetensors.torch import load_file
 
 from cpoly.atomic import versioned_directory, versions
+from cpoly.logging.local import read_metrics
 from cpoly.run import train
 from cpoly.train.checkpoint import UnsafeCheckpointError, read_trainer_state
 
@@ -120,6 +121,24 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+def test_a_restart_after_a_kill_before_the_first_checkpoint_drops_the_killed_attempts_lines(tmp_path):
+    """The soak's finding: an attempt killed before any checkpoint left its logged steps in metrics.jsonl,
+    and the restart (from step 0) appended the same steps again."""
+    overrides = [*SMOKE, "trainer.max_steps=3", "trainer.eval_every=100", "trainer.log_every=1"]
+    reference = tmp_path / "reference"
+    train(compose_train(overrides, reference))
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    stale = '{"step": 1, "time": 0.0, "train/loss": 9.0}\n{"step": 2, "time": 0.0, "train/loss": 9.0}\n{"st'
+    (killed / "metrics.jsonl").write_text(stale)
+    train(compose_train(overrides, killed))
+
+    def steps(folder: Path) -> list[tuple[int, float | None]]:
+        return [(r["step"], r.get("train/loss")) for r in read_metrics(folder / "metrics.jsonl")]
+
+    assert steps(killed) == steps(reference)
+
+
 def test_a_trainer_state_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "payload-ran"
     folder = tmp_path / "last"
@@ -206,7 +225,7 @@ def test_kill_soak_short(tmp_path):
             "--seed",
             "3",
             "--eval-every",
-            "6",
+            "2",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
