@@ -36,16 +36,20 @@ class MethodConfig:
     default (DESIGN.md section 2); `target_modules: null` takes the backbone's."""
 
     name: str = MISSING  # the option's file name
-    method: str = MISSING  # shared_lora | task_lora | moe_lora | poly | mhr | cpoly
+    method: str = MISSING  # shared_lora | task_lora | moe_lora | poly | mhr | cpoly | mtl_lora | hydralora | mixlora
     rank: int | None = None
     n_skills: int | None = None
+    n_skills_a: int | None = None  # K_A down-projections: null one per skill, 1 one shared A (asymmetric pools)
     n_task_skills: int | None = None
     n_splits: int | None = None
     alpha: float = 1.0
     mixing: str | None = None  # params | outputs
     task_weights: str | None = None  # trainable (dense) | fixed | block (within each task's own skills)
-    temperature: float = 1.0
+    allocation: str | None = None  # bernoulli (Poly) | softmax (MTL-LoRA) task-to-skill weights
+    bottleneck: str | None = None  # none | full | diagonal per-task r x r matrix between A and B (MTL-LoRA)
+    temperature: float | None = None  # null: the method's (1; mtl_lora 0.1)
     top_k: int | None = None
+    aux_loss_coef: float | None = None  # token-routed methods: load-balancing loss coefficient (train/aux_loss)
     unknown_task: str = "error"  # error | uniform
     target_modules: Any = None
     # The allocation logits' (or moe gate's) learning rate this method runs with by default; optim.router_lr
@@ -66,13 +70,17 @@ class MethodConfig:
             target_modules=self.target_modules if self.target_modules is not None else target_modules,
             rank=self.rank,
             n_skills=self.n_skills,
+            n_skills_a=self.n_skills_a,
             n_task_skills=self.n_task_skills,
             n_splits=self.n_splits,
             alpha=self.alpha,
             mixing=self.mixing,
             task_weights=self.task_weights,
+            allocation=self.allocation,
+            bottleneck=self.bottleneck,
             temperature=self.temperature,
             top_k=self.top_k,
+            aux_loss_coef=self.aux_loss_coef,
             unknown_task=self.unknown_task,
             modules_to_save=list(modules_to_save or []),
         )
@@ -195,6 +203,9 @@ def skills_tag(
         "poly": f"k{k}",
         "mhr": f"k{k}s{s}",
         "cpoly": f"a{k}b{b}" + (f"s{s}" if s and s > 1 else ""),
+        "mtl_lora": f"n{k}",
+        "hydralora": f"h{k}",
+        "mixlora": f"e{k}",
     }.get(method, f"k{k}b{b}s{s}")
     tag = f"{parts}r{r}"
     if task_weights is not None and task_weights != d.get("task_weights"):  # e.g. C-Poly's block W_B: wblock
@@ -256,7 +267,7 @@ def to_object(node: DictConfig) -> Any:
 
 
 def has_router(skill: SkillConfig) -> bool:
-    return skill.has_learned_allocation or skill.method == "moe_lora"
+    return skill.has_learned_allocation or skill.token_routed
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -280,7 +291,7 @@ def check_config(cfg: DictConfig) -> None:
     if optim.router_lr is not None and not has_router(skill):
         raise ConfigError(
             f"optim.router_lr={optim.router_lr}: method {skill.method} has no router "
-            "(no allocation logits or gate); remove it or pick poly/mhr/cpoly/moe_lora"
+            "(no allocation logits or gate); remove it or pick poly/mhr/cpoly/mtl_lora or a token-routed method"
         )
     for name in ("lr", "eps", "router_lr"):  # `not > 0`: also refuses nan, which would train to a nan loss
         value = getattr(optim, name)

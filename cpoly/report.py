@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 # The order the paper compares methods in; unknown methods sort after these, by name.
-METHOD_ORDER = ["shared_lora", "task_lora", "moe_lora", "poly", "mhr", "cpoly"]
+METHOD_ORDER = ["shared_lora", "task_lora", "moe_lora", "poly", "mhr", "cpoly", "mtl_lora", "hydralora", "mixlora"]
 
 # Config keys that are per-run bookkeeping, not part of a setting: they never split groups. An entry
 # ending in "." is a prefix; any other entry is the key itself and everything below it.

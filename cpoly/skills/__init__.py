@@ -1,4 +1,4 @@
-"""The skill library: one skilled-LoRA layer for all six methods, task routing, save/load, PEFT interop."""
+"""The skill library: one skilled-LoRA layer for all nine methods, task routing, save/load, PEFT interop."""
 
 from cpoly.skills.config import METHODS, SkillConfig, SkillConfigError
 from cpoly.skills.io import export_task_lora, load_skills, save_skills, task_lora_factors
@@ -9,6 +9,7 @@ from cpoly.skills.model import (
     allocation_matrix,
     count_parameters,
     enable_gradient_checkpointing,
+    pop_aux_loss,
     skill_state,
     skilled_layers,
     use_tasks,
@@ -26,6 +27,7 @@ __all__ = [
     "enable_gradient_checkpointing",
     "export_task_lora",
     "load_skills",
+    "pop_aux_loss",
     "save_skills",
     "skill_state",
     "skilled_layers",

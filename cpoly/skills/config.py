@@ -8,13 +8,21 @@ every error names the field and the bad value.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("shared_lora", "task_lora", "moe_lora", "poly", "mhr", "cpoly")
+METHODS = ("shared_lora", "task_lora", "moe_lora", "poly", "mhr", "cpoly", "mtl_lora", "hydralora", "mixlora")
+# Methods whose weights come from a gate on each token (no task ids): every other method but shared_lora
+# routes by task.
+TOKEN_ROUTED = ("moe_lora", "hydralora", "mixlora")
 
 # Paper settings: vanilla LoRA r=8; MoE-like methods 4 experts of r=2; C-Poly A=3, B=1, r=2.
-# task_lora uses r=2 so that it is C-Poly's exclusive skill alone (the A=0 ablation).
+# task_lora uses r=2 so that it is C-Poly's exclusive skill alone (the A=0 ablation). The methods published
+# since keep their papers' structure (docs/methods.md): MTL-LoRA one shared A, a per-task r x r bottleneck and
+# n=3 up-projections mixed by a per-task softmax at temperature 0.1; HydraLoRA one shared A and N=3 B heads
+# under a dense token router; MixLoRA 4 LoRA experts under a top-2 token router with a load-balancing loss
+# (0.001). Their ranks keep the family's budget: about a LoRA r=8's parameters on square layers.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "shared_lora": dict(rank=8, n_skills=1, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed"),
     "task_lora": dict(rank=2, n_skills=0, n_task_skills=1, n_splits=1, mixing="params", task_weights="fixed"),
@@ -22,10 +30,23 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "poly": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed"),
     "mhr": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=4, mixing="params", task_weights="fixed"),
     "cpoly": dict(rank=2, n_skills=3, n_task_skills=1, n_splits=1, mixing="params", task_weights="trainable"),
+    "mtl_lora": dict(
+        rank=4, n_skills=3, n_skills_a=1, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed",
+        allocation="softmax", bottleneck="full", temperature=0.1,
+    ),
+    "hydralora": dict(rank=4, n_skills=3, n_skills_a=1, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed"),
+    "mixlora": dict(
+        rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed", top_k=2,
+        aux_loss_coef=0.001,
+    ),
 }
+# Defaults every method shares unless its row above says otherwise (n_skills_a: None is "one A per skill").
+COMMON_DEFAULTS: dict[str, Any] = dict(allocation="bernoulli", bottleneck="none", aux_loss_coef=0.0, temperature=1.0)
 
 MIXINGS = ("params", "outputs")
 TASK_WEIGHTS = ("trainable", "fixed", "block")
+ALLOCATIONS = ("bernoulli", "softmax")
+BOTTLENECKS = ("none", "full", "diagonal")
 UNKNOWN_TASK = ("error", "uniform")
 
 
@@ -48,7 +69,10 @@ class SkillConfig:
     # string matched against the full module name.
     target_modules: list[str] | str = field(default_factory=lambda: ["q", "v"])
     rank: int | None = None
-    n_skills: int | None = None  # K shared skills (the experts of moe_lora)
+    n_skills: int | None = None  # K shared skills (the experts of moe_lora); with n_skills_a, K_B up-projections
+    # K_A shared down-projections: None is one per skill (K pairs); 1 is one A shared by every B (HydraLoRA,
+    # MTL-LoRA: asymmetric pools)
+    n_skills_a: int | None = None
     n_task_skills: int | None = None  # B exclusive skills per task
     n_splits: int | None = None  # S; > 1 is Multi-Head Routing
     alpha: float = 1.0  # the delta is scaled by alpha / rank; 1.0 is PEFT Poly's 1 / r
@@ -56,30 +80,43 @@ class SkillConfig:
     # exclusive-skill weights W_B: "trainable" (dense T x T*B, identity init), "fixed" (the identity) or
     # "block" (trainable within each task's own B skills only, T x B, identity init: the paper's Eq. 2)
     task_weights: str | None = None
-    temperature: float = 1.0  # relaxed-Bernoulli temperature (poly/mhr/cpoly), softmax temperature (moe_lora)
-    top_k: int | None = None  # moe_lora: keep the k largest gate values per token (None: dense)
+    # how a learned allocation turns task logits into weights over the shared skills: "bernoulli" (Poly:
+    # relaxed-Bernoulli samples while training, sigmoid at evaluation, normalised) or "softmax" (MTL-LoRA:
+    # softmax(logits / temperature), the same in training and evaluation)
+    allocation: str | None = None
+    # a per-task r x r matrix between the mixed A and B: "full" (identity init), "diagonal" (ones) or "none";
+    # h = W0 x + (alpha / r) x A Lambda_t B (MTL-LoRA)
+    bottleneck: str | None = None
+    # relaxed-Bernoulli or allocation-softmax temperature; token-gate softmax temperature (None: 1, mtl_lora 0.1)
+    temperature: float | None = None
+    top_k: int | None = None  # token-routed methods: keep the k largest gate values per token (None: dense)
+    # token-routed methods: coefficient of the load-balancing loss (Switch/Mixtral form) added to the training
+    # loss and logged as train/aux_loss; 0 computes none
+    aux_loss_coef: float | None = None
     unknown_task: str = "error"  # "uniform": unseen tasks get uniform shared weights and no task skill
     modules_to_save: list[str] = field(default_factory=list)  # kept trainable and saved (e.g. task heads)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             _fail("method", self.method, f"must be one of {', '.join(METHODS)}")
-        for name, default in METHOD_DEFAULTS[self.method].items():
+        for name, default in {**COMMON_DEFAULTS, **METHOD_DEFAULTS[self.method]}.items():
             if getattr(self, name) is None:
                 setattr(self, name, default)
+        if self.n_skills_a is None and isinstance(self.n_skills, int):
+            self.n_skills_a = self.n_skills
         self._check_types()
         self._check_values()
         self._check_method_rules()
 
     # -- validation -------------------------------------------------------------------------------
     def _check_types(self) -> None:
-        for name in ("rank", "n_skills", "n_task_skills", "n_splits"):
+        for name in ("rank", "n_skills", "n_skills_a", "n_task_skills", "n_splits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 _fail(name, value, "must be an integer")
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
             _fail("top_k", self.top_k, "must be an integer or None")
-        for name in ("alpha", "temperature"):
+        for name in ("alpha", "temperature", "aux_loss_coef"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 _fail(name, value, "must be a number")
@@ -114,8 +151,20 @@ class SkillConfig:
             _fail("n_skills", self.n_skills, "with n_task_skills=0 there is no skill at all")
         if self.alpha <= 0:
             _fail("alpha", self.alpha, "must be > 0")
-        if self.temperature <= 0:
-            _fail("temperature", self.temperature, "must be > 0")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            _fail("temperature", self.temperature, "must be a finite number > 0")
+        if not math.isfinite(self.aux_loss_coef) or self.aux_loss_coef < 0:
+            _fail("aux_loss_coef", self.aux_loss_coef, "must be a finite number >= 0")
+        if self.n_skills_a not in {self.n_skills, min(self.n_skills, 1)}:
+            _fail(
+                "n_skills_a",
+                self.n_skills_a,
+                f"the down-projections are one per skill (n_skills={self.n_skills}) or one shared by all (1)",
+            )
+        if self.allocation not in ALLOCATIONS:
+            _fail("allocation", self.allocation, f"must be one of {', '.join(ALLOCATIONS)}")
+        if self.bottleneck not in BOTTLENECKS:
+            _fail("bottleneck", self.bottleneck, f"must be one of {', '.join(BOTTLENECKS)}")
         if self.mixing not in MIXINGS:
             _fail("mixing", self.mixing, f"must be one of {', '.join(MIXINGS)}")
         if self.task_weights not in TASK_WEIGHTS:
@@ -140,21 +189,38 @@ class SkillConfig:
             "poly": dict(n_task_skills=0, n_splits=1),
             "mhr": dict(n_task_skills=0),
             "cpoly": {},
+            "mtl_lora": dict(n_skills_a=1, n_task_skills=0, n_splits=1, mixing="params"),
+            "hydralora": dict(n_skills_a=1, n_task_skills=0, n_splits=1, mixing="outputs"),
+            "mixlora": dict(n_task_skills=0, n_splits=1, mixing="outputs"),
         }[m]
+        if m in ("moe_lora", "mixlora") and self.n_skills_a != self.n_skills:
+            _fail("n_skills_a", self.n_skills_a, f"method {m}'s experts are LoRA pairs: n_skills_a={self.n_skills}")
         for name, required in exact.items():
             if getattr(self, name) != required:
                 _fail(name, getattr(self, name), f"method {m} requires {name}={required!r}")
         if m == "task_lora" and self.n_task_skills < 1:
             _fail("n_task_skills", self.n_task_skills, "task_lora needs at least one skill per task")
-        if m in ("moe_lora", "poly", "mhr") and self.n_skills < 1:
+        if m in ("moe_lora", "poly", "mhr", "mtl_lora", "hydralora", "mixlora") and self.n_skills < 1:
             _fail("n_skills", self.n_skills, f"method {m} needs at least one shared skill")
         if m == "mhr" and self.n_splits < 2:
             _fail("n_splits", self.n_splits, "mhr routes several heads: n_splits must be >= 2 (1 is poly)")
         if self.top_k is not None:
-            if m != "moe_lora":
-                _fail("top_k", self.top_k, "only moe_lora has a token-level gate")
+            if not self.token_routed:
+                _fail("top_k", self.top_k, f"only the token-routed methods ({', '.join(TOKEN_ROUTED)}) have a gate")
             if not 1 <= self.top_k <= self.n_skills:
                 _fail("top_k", self.top_k, f"must lie in [1, n_skills={self.n_skills}]")
+        if self.aux_loss_coef > 0 and not self.token_routed:
+            _fail("aux_loss_coef", self.aux_loss_coef, f"a load-balancing loss needs a token gate ({', '.join(TOKEN_ROUTED)})")
+        if self.allocation != "bernoulli" and not self.has_learned_allocation:
+            _fail("allocation", self.allocation, f"method {m} has no learned task-to-skill allocation")
+        if self.bottleneck != "none":
+            if not self.needs_task_ids or self.n_task_skills or self.n_splits != 1 or self.mixing != "params":
+                _fail(
+                    "bottleneck",
+                    self.bottleneck,
+                    "a per-task bottleneck sits between the mixed shared A and B: it needs a task-routed method "
+                    "with no exclusive skills, n_splits=1 and mixing=params (mtl_lora, poly)",
+                )
 
     # -- derived ----------------------------------------------------------------------------------
     @property
@@ -168,7 +234,7 @@ class SkillConfig:
     @property
     def has_learned_allocation(self) -> bool:
         """A learned task-to-skill allocation Z over the shared skills (Poly, MHR, C-Poly)."""
-        return self.method in ("poly", "mhr", "cpoly") and self.n_skills > 0
+        return self.method in ("poly", "mhr", "cpoly", "mtl_lora") and self.n_skills > 0
 
     @property
     def has_trainable_task_weights(self) -> bool:
@@ -178,7 +244,17 @@ class SkillConfig:
     @property
     def needs_task_ids(self) -> bool:
         """shared_lora and moe_lora route without knowing the task."""
-        return self.method not in ("shared_lora", "moe_lora")
+        return self.method != "shared_lora" and not self.token_routed
+
+    @property
+    def token_routed(self) -> bool:
+        """Each token's weights come from a gate on its input (`TOKEN_ROUTED`)."""
+        return self.method in TOKEN_ROUTED
+
+    @property
+    def asymmetric(self) -> bool:
+        """One shared down-projection for several up-projections (K_A = 1 < K_B)."""
+        return self.n_skills_a != self.n_skills
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

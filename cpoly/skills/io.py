@@ -265,8 +265,10 @@ def task_lora_factors(model: nn.Module, task: str | int) -> dict[str, tuple[torc
 
     Parameter mixing gives exactly rank r; output mixing concatenates the weighted skills."""
     config = skill_state(model).config
-    if config.method == "moe_lora":
-        raise ValueError("moe_lora's update depends on each token (a gate on x): there is no per-task LoRA to export")
+    if config.token_routed:
+        raise ValueError(
+            f"{config.method}'s update depends on each token (a gate on x): there is no per-task LoRA to export"
+        )
     batch = task_batch(model, [task] if isinstance(task, str) else torch.tensor([task]))
     factors = {}
     with _deterministic_routing(model):
@@ -276,7 +278,11 @@ def task_lora_factors(model: nn.Module, task: str | int) -> dict[str, tuple[torc
                 factors[name] = (a[0], b[0])
                 continue
             parts_a, parts_b = [], []
-            if layer.n_shared:
+            if layer.n_shared and config.asymmetric:  # x A (sum_k w_k B_k): rank r
+                w = layer.shared_weights(batch)[0, 0]  # (K,)
+                parts_a.append(layer.shared_A[0, 0])
+                parts_b.append(torch.einsum("k,kro->ro", w, layer.shared_B[0]))
+            elif layer.n_shared:
                 w = layer.shared_weights(batch)[0, 0]  # (K,)
                 parts_a += [w[k] * layer.shared_A[0, k] for k in range(layer.n_shared)]
                 parts_b += [layer.shared_B[0, k] for k in range(layer.n_shared)]

@@ -1,11 +1,14 @@
 """`SkilledLinear`: a frozen linear layer plus a skilled LoRA delta (DESIGN.md section 2).
 
 Tensors, in PEFT Poly's layout so its adapters import by plain copy:
-  shared skills  shared_A (S, K, d_in/S, r)      shared_B (S, K, r, d_out/S)
+  shared skills  shared_A (S, K_A, d_in/S, r)    shared_B (S, K, r, d_out/S)      (K_A = K, or 1: one shared A)
   task skills    task_A   (S, T*B, d_in/S, r)    task_B   (S, T*B, r, d_out/S)
-  routing        allocation.logits (T, S*K)      task_weights.weight (T, T*B), (T, B) for block   gate (moe_lora)
-Output: h = W0 x + (alpha / r) * x A~ B~, where A~ and B~ mix the skills with each example's weights
-("params" mixing); or the weighted sum of each skill's own x A_k B_k ("outputs" mixing).
+  routing        allocation.logits (T, S*K)      task_weights.weight (T, T*B), (T, B) for block
+                 gate.proj.weight (K, d_in) (token-routed methods)   bottleneck.weight (T, r, r) or (T, r)
+Output: h = W0 x + (alpha / r) * x A~ Lambda_t B~, where A~ and B~ mix the skills with each example's
+weights ("params" mixing) and Lambda_t is the identity unless there is a per-task bottleneck; or the
+weighted sum of each skill's own x A_k B_k ("outputs" mixing). Token-routed methods weigh each token's
+skills by a gate on that token: sum_k g_k(x) x A_k B_k (with one shared A: x A sum_k g_k(x) B_k).
 
 Exclusive (task) skills are stored packed, `task_A` / `task_B` above, whatever W_B is: trainable (dense)
 W_B mixes all T*B skills for every example (a matmul); fixed and block W_B gather each example's own
@@ -28,7 +31,14 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from cpoly.skills.config import SkillConfig
-from cpoly.skills.router import RoutingState, SharedAllocation, TaskBatch, TaskSkillWeights, TokenGate
+from cpoly.skills.router import (
+    RoutingState,
+    SharedAllocation,
+    TaskBatch,
+    TaskBottleneck,
+    TaskSkillWeights,
+    TokenGate,
+)
 
 ADAPTABLE_TYPES = (nn.Linear, Conv1D)
 
@@ -43,10 +53,13 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     raise TypeError(f"cannot adapt {type(module).__name__}: only nn.Linear and Conv1D")
 
 
-def _skill_pair(n_splits: int, n: int, d_in: int, d_out: int, rank: int) -> tuple[nn.Parameter, nn.Parameter]:
-    """n LoRA skills per split: A ~ U(+-1/sqrt(d_in/S)) (Kaiming-uniform, a=sqrt(5)), B = 0."""
+def _skill_pair(
+    n_splits: int, n: int, d_in: int, d_out: int, rank: int, n_a: int | None = None
+) -> tuple[nn.Parameter, nn.Parameter]:
+    """n LoRA skills per split (n_a down-projections, n if None): A ~ U(+-1/sqrt(d_in/S)) (Kaiming-uniform,
+    a=sqrt(5)), B = 0."""
     bound = 1.0 / math.sqrt(d_in // n_splits)
-    a = torch.empty(n_splits, n, d_in // n_splits, rank).uniform_(-bound, bound)
+    a = torch.empty(n_splits, n if n_a is None else n_a, d_in // n_splits, rank).uniform_(-bound, bound)
     b = torch.zeros(n_splits, n, rank, d_out // n_splits)
     return nn.Parameter(a), nn.Parameter(b)
 
@@ -91,20 +104,24 @@ class SkilledLinear(nn.Module):
         self.d_in, self.d_out = linear_shape(base_layer)
         self.config = config
         self.routing = routing
+        self.index = index
         c = config
         n_tasks, S, K, B, r = c.n_tasks, c.n_splits, c.n_skills, c.n_task_skills, c.rank
         for name, dim in (("d_in", self.d_in), ("d_out", self.d_out)):
             if dim % S:
                 raise ValueError(f"SkillConfig.n_splits={S}: does not divide {name}={dim} of this layer")
         if K:
-            self.shared_A, self.shared_B = _skill_pair(S, K, self.d_in, self.d_out, r)
+            self.shared_A, self.shared_B = _skill_pair(S, K, self.d_in, self.d_out, r, n_a=c.n_skills_a)
         if B:
             self.task_A, self.task_B = _skill_pair(S, n_tasks * B, self.d_in, self.d_out, r)
             self.task_weights = TaskSkillWeights(n_tasks, B, c.task_weights)
         if c.has_learned_allocation:
-            self.allocation = SharedAllocation(n_tasks, S, K, c.temperature, layer_index=index)
-        if c.method == "moe_lora":
-            self.gate = TokenGate(self.d_in, K, c.temperature, c.top_k)
+            self.allocation = SharedAllocation(n_tasks, S, K, c.temperature, layer_index=index, kind=c.allocation)
+        if c.bottleneck != "none":
+            self.bottleneck = TaskBottleneck(n_tasks, r, c.bottleneck)
+        if c.token_routed:
+            # MixLoRA's router starts N(0, 0.02); the others keep nn.Linear's (HydraLoRA's, Kaiming-uniform)
+            self.gate = TokenGate(self.d_in, K, c.temperature, c.top_k, init_std=0.02 if c.method == "mixlora" else None)
         self._move_to(base_layer)
         self.train(base_layer.training)  # new submodules start in training mode; follow the model's mode
 
@@ -154,7 +171,7 @@ class SkilledLinear(nn.Module):
         result = self.base_layer(x, *args, **kwargs)
         h = x.to(self._adapter_tensor().dtype)
         scaling = self.config.scaling
-        if self.config.method == "moe_lora":
+        if self.config.token_routed:
             experts_b = self.shared_B[0].reshape(-1, self.d_out)  # (K*r, d_out)
             return _add_scaled_product(result, self._gated_expert_inputs(h), experts_b, scaling)
         if self.config.method == "shared_lora":
@@ -203,17 +220,24 @@ class SkilledLinear(nn.Module):
         if self.n_task:
             a, b = self._add_task_mixture(batch, a, b)
         b = b.view(n, S, r, self.d_out // S).transpose(1, 2)  # (b, r, S, d_out/S): output blocks split-major
-        return a.view(n, self.d_in, r), b.reshape(n, r, self.d_out)
+        a = a.view(n, self.d_in, r)
+        if self.config.bottleneck != "none":
+            a = self.bottleneck(a, batch)
+        return a, b.reshape(n, r, self.d_out)
 
     def _shared_mixture(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sum_k w[:, q, k] * skill[q, k] for A and B, flattened per example."""
         n = w.shape[0]
         if self.config.n_splits == 1:  # one matmul each over the flattened skills (einsum: more ops a call)
             w = w.view(n, self.n_shared)
-            return w @ self.shared_A.view(self.n_shared, -1), w @ self.shared_B.view(self.n_shared, -1)
-        a = torch.einsum("bqk,qkdr->bqdr", w, self.shared_A)
-        b = torch.einsum("bqk,qkro->bqro", w, self.shared_B)
-        return a.reshape(n, -1), b.reshape(n, -1)
+            b = w @ self.shared_B.view(self.n_shared, -1)
+            if self.config.asymmetric:  # one A for every B: the same A~ for every example
+                return self.shared_A.view(1, -1).expand(n, -1), b
+            return w @ self.shared_A.view(self.n_shared, -1), b
+        b = torch.einsum("bqk,qkro->bqro", w, self.shared_B).reshape(n, -1)
+        if self.config.asymmetric:
+            return self.shared_A.view(1, -1).expand(n, -1), b
+        return torch.einsum("bqk,qkdr->bqdr", w, self.shared_A).reshape(n, -1), b
 
     def _add_task_mixture(
         self, batch: TaskBatch, a: torch.Tensor | None, b: torch.Tensor | None
@@ -256,8 +280,12 @@ class SkilledLinear(nn.Module):
         delta = None
         if self.n_shared:
             w = self.shared_weights(batch)[:, 0].repeat_interleave(repeats, 0)  # (b, K)
-            xa = torch.einsum("bld,kdr->blkr", x3, self.shared_A[0]) * w[:, None, :, None]
-            delta = torch.einsum("blkr,kro->blo", xa, self.shared_B[0])
+            if self.config.asymmetric:  # x A (sum_k w_k B_k)
+                mixed_b = (w @ self.shared_B[0].reshape(self.n_shared, -1)).view(-1, self.config.rank, self.d_out)
+                delta = (x3 @ self.shared_A[0, 0]).bmm(mixed_b)
+            else:
+                xa = torch.einsum("bld,kdr->blkr", x3, self.shared_A[0]) * w[:, None, :, None]
+                delta = torch.einsum("blkr,kro->blo", xa, self.shared_B[0])
         if self.n_task:
             if self.task_weights.dense:
                 w = self.task_weights(batch).repeat_interleave(repeats, 0)  # (b, T*B)
@@ -275,10 +303,19 @@ class SkilledLinear(nn.Module):
         return delta
 
     def _gated_expert_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """moe_lora: gate_k(x) * x A_k for every token and expert, (..., K*r); times the experts'
-        stacked B (K*r, d_out) this is the gated sum of the experts' outputs."""
-        gates = self.gate(x)  # (..., K)
-        xa = torch.einsum("...d,kdr->...kr", x, self.shared_A[0]) * gates.unsqueeze(-1)
+        """Token-routed methods: gate_k(x) * x A_k for every token and expert (x A, the one shared A, for
+        every head), (..., K*r); times the experts' stacked B (K*r, d_out) this is the gated sum of the
+        experts' outputs. In training, with a load-balancing loss, the gate's loss is left in the routing
+        state under this layer's index."""
+        c = self.config
+        with_aux = c.aux_loss_coef > 0 and self.training and torch.is_grad_enabled()
+        gates, aux = self.gate(x, with_aux_loss=with_aux)  # (..., K)
+        if aux is not None:
+            self.routing.aux_losses[self.index] = aux
+        if c.asymmetric:
+            xa = (x @ self.shared_A[0, 0]).unsqueeze(-2) * gates.unsqueeze(-1)
+        else:
+            xa = torch.einsum("...d,kdr->...kr", x, self.shared_A[0]) * gates.unsqueeze(-1)
         return xa.flatten(-2)
 
     def extra_repr(self) -> str:
@@ -286,5 +323,10 @@ class SkilledLinear(nn.Module):
         return (
             f"method={c.method}, d_in={self.d_in}, d_out={self.d_out}, rank={c.rank}, K={c.n_skills}, "
             f"B={c.n_task_skills}, S={c.n_splits}, T={c.n_tasks}, mixing={c.mixing}"
+            + (f", K_A={c.n_skills_a}" if c.asymmetric else "")
             + (f", task_weights={c.task_weights}" if c.n_task_skills else "")
+            + (f", allocation={c.allocation}" if c.has_learned_allocation and c.allocation != "bernoulli" else "")
+            + (f", bottleneck={c.bottleneck}" if c.bottleneck != "none" else "")
+            + (f", top_k={c.top_k}" if c.top_k is not None else "")
+            + (f", aux_loss_coef={c.aux_loss_coef}" if c.aux_loss_coef else "")
         )

@@ -30,6 +30,9 @@ DEFAULT_FIELD = {
     "poly": "n_skills",
     "mhr": "n_skills",
     "cpoly": "n_skills",
+    "mtl_lora": "rank",
+    "hydralora": "rank",
+    "mixlora": "n_skills",
 }
 MAX_VALUE = 4096  # the search gives up past this many skills or this rank
 

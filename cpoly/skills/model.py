@@ -158,6 +158,18 @@ def use_tasks(
         routing.batch = previous
 
 
+def pop_aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The mean over adapted layers of the token gates' load-balancing losses left by the last training
+    forward (`SkillConfig.aux_loss_coef` > 0), or None; the routing state is cleared. Call it after each
+    forward whose loss it joins."""
+    losses = skill_state(model).routing.aux_losses
+    if not losses:
+        return None
+    mean = torch.stack([losses[i] for i in sorted(losses)]).mean()
+    losses.clear()
+    return mean
+
+
 def _checkpoint_contexts(routing: RoutingState):
     """For torch.utils.checkpoint's `context_fn`: the recomputation in backward sees the task ids the
     forward saw, even when backward runs after `use_tasks` has exited."""
@@ -223,8 +235,9 @@ def allocation_matrix(model: nn.Module) -> Allocation:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable and total parameters, the adapters split into shared skills, task skills and router
-    (allocation logits, trainable task weights, moe gate); `heads` counts other trainable modules."""
+    """Trainable and total parameters, the adapters split into shared skills, task skills (and per-task
+    bottlenecks) and router (allocation logits, trainable task weights, token gates); `heads` counts other
+    trainable modules."""
     counts = dict(shared_skills=0, task_skills=0, router=0, heads=0)
     adapter_ids: set[int] = set()
     for _, layer in skilled_layers(model):
@@ -234,7 +247,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
             adapter_ids.add(id(p))
             if name.startswith("shared_"):
                 counts["shared_skills"] += p.numel()
-            elif name.startswith("task_A") or name.startswith("task_B"):
+            elif name.startswith(("task_A", "task_B", "bottleneck.")):  # MTL-LoRA's Lambda_t is per task
                 counts["task_skills"] += p.numel()
             else:
                 counts["router"] += p.numel()

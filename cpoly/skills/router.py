@@ -1,11 +1,14 @@
 """Routing: which skills an example uses, and with what weight.
 
-- `SharedAllocation`: the learned task-to-skill allocation Z over the shared skills (Poly, MHR and
-  the shared half of C-Poly): relaxed-Bernoulli samples while training, sigmoid at evaluation,
-  normalised within each split. The same tensors and formulas as PEFT's Poly router.
+- `SharedAllocation`: the learned task-to-skill allocation Z over the shared skills (Poly, MHR, the
+  shared half of C-Poly, MTL-LoRA's up-projections): relaxed-Bernoulli samples while training, sigmoid
+  at evaluation, normalised within each split (PEFT's Poly router, the same tensors and formulas); or a
+  softmax with a temperature (MTL-LoRA).
 - `TaskSkillWeights`: the weights W_B of the exclusive skills (C-Poly): block-diagonal 1/B at init,
   trainable (dense), fixed, or trainable within the blocks only.
-- `TokenGate`: moe_lora's token-level softmax gate over the experts, optionally top-k.
+- `TaskBottleneck`: MTL-LoRA's per-task r x r matrix Lambda_t (or its diagonal) between A and B.
+- `TokenGate`: the token-level softmax gate of moe_lora, hydralora and mixlora, optionally top-k, and
+  its load-balancing loss.
 - `RoutingState`: the task ids of the current batch, shared by every adapted layer of a model and set
   by `use_tasks`.
 - `example_noise_keys` / `keyed_uniforms`: routing noise that belongs to the example. A counter-based
@@ -101,14 +104,26 @@ class RoutingState:
     def __init__(self) -> None:
         self.batch: TaskBatch | None = None
         self.generating = False  # inside generate(): beams and returned sequences repeat each task id
+        # token gates' load-balancing losses of the last training forward, by layer index
+        # (`cpoly.skills.pop_aux_loss` takes them)
+        self.aux_losses: dict[int, torch.Tensor] = {}
 
 
 class SharedAllocation(nn.Module):
-    """Task-to-skill allocation logits Z (T, S*K), init U(-1e-3, 1e-3)."""
+    """Task-to-skill allocation logits Z (T, S*K), init U(-1e-3, 1e-3); `kind` is the config's
+    `allocation`: "bernoulli" (Poly) or "softmax" (MTL-LoRA: softmax(Z_t / temperature), no noise)."""
 
-    def __init__(self, n_tasks: int, n_splits: int, n_skills: int, temperature: float, layer_index: int = 0) -> None:
+    def __init__(
+        self,
+        n_tasks: int,
+        n_splits: int,
+        n_skills: int,
+        temperature: float,
+        layer_index: int = 0,
+        kind: str = "bernoulli",
+    ) -> None:
         super().__init__()
-        self.n_splits, self.n_skills, self.temperature = n_splits, n_skills, temperature
+        self.n_splits, self.n_skills, self.temperature, self.kind = n_splits, n_skills, temperature, kind
         self.layer_index = layer_index  # the noise stream of this layer, with keyed noise
         self.logits = nn.Parameter(torch.empty(n_tasks, n_splits * n_skills))
         nn.init.uniform_(self.logits, -1e-3, 1e-3)
@@ -117,6 +132,11 @@ class SharedAllocation(nn.Module):
         """Mixing weights (b, S, K) for the shared skills."""
         ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
         z = self.logits[ids].view(-1, self.n_splits, self.n_skills)
+        if self.kind == "softmax":
+            w = F.softmax(z / self.temperature, dim=-1)
+            if not batch.all_known:  # unknown tasks: uniform over the shared skills
+                w = torch.where(batch.known.view(-1, 1, 1), w, torch.full_like(w, 1.0 / self.n_skills))
+            return w
         if self.training:
             uniforms = None
             if batch.noise_keys is not None:
@@ -130,6 +150,8 @@ class SharedAllocation(nn.Module):
 
     def probabilities(self) -> torch.Tensor:
         """The evaluation-mode allocation of every task, (T, S, K)."""
+        if self.kind == "softmax":
+            return F.softmax(self.logits.view(-1, self.n_splits, self.n_skills) / self.temperature, dim=-1)
         z = torch.sigmoid(self.logits).view(-1, self.n_splits, self.n_skills)
         return z / (z.sum(-1, keepdim=True) + NORMALISATION_EPS)
 
@@ -185,17 +207,62 @@ class TaskSkillWeights(nn.Module):
         return rows
 
 
-class TokenGate(nn.Module):
-    """moe_lora: a softmax gate on each token over the K experts, optionally keeping the top k."""
+class TaskBottleneck(nn.Module):
+    """MTL-LoRA's per-task transform Lambda_t between the down- and up-projection: `weight` (T, r, r),
+    identity at init ("full"), or its diagonal (T, r), ones at init ("diagonal"). An unknown task gets
+    the identity."""
 
-    def __init__(self, in_features: int, n_experts: int, temperature: float, top_k: int | None) -> None:
+    def __init__(self, n_tasks: int, rank: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        eye = torch.eye(rank)
+        self.weight = nn.Parameter(eye.repeat(n_tasks, 1, 1) if kind == "full" else torch.ones(n_tasks, rank))
+
+    def forward(self, a: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+        """a (b, d_in, r) -> a Lambda_t, each example by its own task's Lambda."""
+        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
+        lam = self.weight[ids]
+        if not batch.all_known:
+            identity = torch.eye(a.shape[-1], dtype=lam.dtype, device=lam.device)
+            identity = identity if self.kind == "full" else identity.diagonal()
+            lam = torch.where(batch.known.view(-1, *[1] * (lam.dim() - 1)), lam, identity)
+        return a.bmm(lam) if self.kind == "full" else a * lam[:, None, :]
+
+
+class TokenGate(nn.Module):
+    """A softmax gate on each token over the K experts (moe_lora, hydralora's B heads, mixlora), optionally
+    keeping the top k (renormalised, as Mixtral and MixLoRA do)."""
+
+    def __init__(
+        self, in_features: int, n_experts: int, temperature: float, top_k: int | None, init_std: float | None = None
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(in_features, n_experts, bias=False)
+        if init_std is not None:
+            nn.init.normal_(self.proj.weight, std=init_std)
         self.temperature, self.top_k = temperature, top_k
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates = F.softmax(self.proj(x.to(self.proj.weight.dtype)) / self.temperature, dim=-1)
-        if self.top_k is not None and self.top_k < gates.shape[-1]:
-            top, index = gates.topk(self.top_k, dim=-1)
-            gates = torch.zeros_like(gates).scatter(-1, index, top / top.sum(-1, keepdim=True))
-        return gates
+    def forward(self, x: torch.Tensor, with_aux_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The gates (..., K) and, if asked, the load-balancing loss of these tokens."""
+        probs = F.softmax(self.proj(x.to(self.proj.weight.dtype)) / self.temperature, dim=-1)
+        gates, chosen = probs, None
+        if self.top_k is not None and self.top_k < probs.shape[-1]:
+            top, chosen = probs.topk(self.top_k, dim=-1)
+            gates = torch.zeros_like(probs).scatter(-1, chosen, top / top.sum(-1, keepdim=True))
+        if not with_aux_loss:
+            return gates, None
+        if chosen is None:  # a dense gate: each token counts for its largest gate
+            chosen = probs.argmax(-1, keepdim=True)
+        return gates, load_balancing_loss(probs, chosen)
+
+
+def load_balancing_loss(probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """The Switch Transformer / Mixtral auxiliary loss K * sum_i f_i P_i over the tokens of `probs`
+    (..., K): f_i the share of tokens that route to expert i (each of a token's k choices counts), P_i the
+    mean gate probability of expert i. 1 when top-1 routing is uniform, k for top-k; it grows as routing
+    concentrates."""
+    n_experts = probs.shape[-1]
+    probs = probs.reshape(-1, n_experts)
+    routed = F.one_hot(chosen.reshape(probs.shape[0], -1), n_experts).to(probs.dtype)  # (tokens, k, K)
+    share = routed.mean(0).sum(0)  # (K,)
+    return n_experts * (share * probs.mean(0)).sum()

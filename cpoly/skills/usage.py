@@ -48,7 +48,7 @@ def _updates(model: nn.Module, task: str) -> list[torch.Tensor]:
 def exclusive_skill_usage(model: nn.Module) -> dict[str, Any] | None:
     """Per task and on average: reliance on exclusive skills and (trainable W_B) own-block weight."""
     config = skill_state(model).config
-    if not config.n_task_skills or config.method == "moe_lora":
+    if not config.n_task_skills or config.token_routed:
         return None
     full = {task: _updates(model, task) for task in config.task_names}
     with _without_exclusive_skills(model):

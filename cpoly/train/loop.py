@@ -6,7 +6,9 @@ of (seed, step), so a resumed run sees exactly the batches an uninterrupted run 
 DataLoader workers build the coming steps' batches while the model trains (`cpoly.train.batches`). The
 step's result does not depend on that split:
 - the loss is the sum of the token losses of every micro-batch of every process divided by the step's
-  total number of target tokens (counted, and all-reduced, before the first forward);
+  total number of target tokens (counted, and all-reduced, before the first forward); token gates'
+  load-balancing loss (a mean over a micro-batch's tokens, `SkillConfig.aux_loss_coef` > 0) joins it
+  weighted by the micro-batch's share of those targets, and is logged as `train/aux_loss`;
 - routing noise belongs to the example: it is keyed by (seed, step, the example's position in the global
   batch), not drawn from the process's generator;
 - dropout masks come from a generator seeded by (seed, step, process), so processes draw their own.
@@ -35,7 +37,7 @@ from tqdm.auto import tqdm
 from cpoly.config import OptimConfig, TrainerConfig
 from cpoly.data.collate import Collator
 from cpoly.data.sampling import MultiTaskBatchSampler
-from cpoly.skills import use_tasks
+from cpoly.skills import pop_aux_loss, skill_state, use_tasks
 from cpoly.train.batches import StepBatches, step_loader
 from cpoly.train.checkpoint import restore_checkpoint, save_checkpoint
 from cpoly.train.evaluation import Evaluation
@@ -77,6 +79,7 @@ class LoopState:
     # log steps logs, once resumed, exactly what it would have)
     window_loss: float = 0.0
     window_n: float = 0.0
+    window_aux: float = 0.0  # the load-balancing loss, weighted as the training loss is
 
     def batch_mix(self) -> dict[str, float | None]:
         """Mean distinct tasks per global batch and the inputs' padding fraction, over the steps so far."""
@@ -118,6 +121,7 @@ class TrainLoop:
         # process); the sampler shards batches itself, so no dataloader is prepared.
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self._pending_tokens = torch.zeros((), dtype=torch.long, device=self.accelerator.device)
+        self.aux_loss_coef = skill_state(self.unwrapped).config.aux_loss_coef
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -223,11 +227,11 @@ class TrainLoop:
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
         )
 
-    def _zeros(self) -> torch.Tensor:
+    def _zeros(self, *shape: int) -> torch.Tensor:
         """A logging accumulator: float64 where the device has it, so the logged loss does not depend on
         how many micro-batches were summed."""
         dtype = torch.float32 if self.accelerator.device.type == "mps" else torch.float64
-        return torch.zeros((), dtype=dtype, device=self.accelerator.device)
+        return torch.zeros(shape, dtype=dtype, device=self.accelerator.device)
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> LoopState:
@@ -240,8 +244,8 @@ class TrainLoop:
             disable=not (t.progress_bar and acc.is_main_process),
         )
         first = acc.process_index == 0  # a restored window is the sum over processes: one of them holds it
-        window_loss = self._zeros() + (self.state.window_loss if first else 0.0)
-        window_n = self._zeros() + (self.state.window_n if first else 0.0)
+        held = [self.state.window_loss, self.state.window_n, self.state.window_aux] if first else [0.0] * 3
+        window = self._zeros(3) + torch.tensor(held, dtype=self._zeros().dtype, device=acc.device)
         started = time.perf_counter() - self.state.train_seconds
         batches = iter(self._batch_loader())
         try:
@@ -250,12 +254,10 @@ class TrainLoop:
                     step_start = time.perf_counter()
                     micro_batches = self._on_device(next(batches))
                     self.state.data_seconds += time.perf_counter() - step_start
-                    window_loss, window_n = self._train_step(
-                        micro_batches, step_start, window_loss, window_n, started, bar
-                    )
+                    window = self._train_step(micro_batches, step_start, window, started, bar)
                     at_log = self.state.step % t.log_every == 0
                     if self.state.step < t.max_steps and stop.requested(acc, sync_point=at_log):
-                        self._hold_window(window_loss, window_n)
+                        self._hold_window(window)
                         self._count_tokens()
                         self._checkpoint(self.output_dir / "last", with_state=True)
                         acc.wait_for_everyone()
@@ -267,10 +269,11 @@ class TrainLoop:
         return self.state
 
     def _train_step(
-        self, micro_batches: list[dict[str, torch.Tensor]], step_start: float, window_loss, window_n, started, bar
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, micro_batches: list[dict[str, torch.Tensor]], step_start: float, window: torch.Tensor, started, bar
+    ) -> torch.Tensor:
         """One optimizer step (which began at `step_start`, waiting for its batches), its logging and, on
-        schedule, evaluation and checkpoints; returns the loss window (reset at log steps)."""
+        schedule, evaluation and checkpoints. `window` sums, since the last log step, the loss, its target
+        count and the target-weighted load-balancing loss; it is returned, reset at log steps."""
         t, acc = self.trainer, self.accelerator
         self.model.train()
         counts = [self._n_targets(b) for b in micro_batches]
@@ -290,10 +293,16 @@ class TrainLoop:
             with sync, routing:
                 self.state.routing_seconds += time.perf_counter() - routing_start
                 loss_sum = self._summed_loss(batch)
+                # token gates' load-balancing loss, a mean over this micro-batch's tokens: weighted by its
+                # targets, as its share of the step's loss is
+                aux = pop_aux_loss(self.unwrapped)
+                objective = loss_sum if aux is None else loss_sum + self.aux_loss_coef * counts[i] * aux
                 # backward inside use_tasks: checkpointed layers recompute with the same tasks
-                acc.backward(loss_sum * scale)
-            window_loss += loss_sum.detach()
-            window_n += counts[i]
+                acc.backward(objective * scale)
+            window[0] += loss_sum.detach()
+            window[1] += counts[i]
+            if aux is not None:
+                window[2] += aux.detach() * counts[i]
         fill_missing_grads(self.optimizer)
         if t.max_grad_norm:
             acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
@@ -307,8 +316,11 @@ class TrainLoop:
         if step % t.log_every == 0 or step == t.max_steps:
             self._count_tokens()
             # the mean over every target token (example, for encoders) of all processes
-            mean_loss = (acc.reduce(window_loss, reduction="sum") / acc.reduce(window_n, reduction="sum")).item()
+            loss, n, aux = acc.reduce(window.clone(), reduction="sum").tolist()
+            mean_loss = loss / n
             metrics = {"train/loss": mean_loss, "train/step": step, **learning_rates(self.optimizer)}
+            if self.aux_loss_coef:
+                metrics["train/aux_loss"] = aux / n
             if not math.isfinite(mean_loss):
                 raise TrainingDiverged(f"training loss is {mean_loss} at step {step}; {self._last_good()}")
             self.on_log(metrics, step)
@@ -316,18 +328,18 @@ class TrainLoop:
                 {"loss": f"{mean_loss:.4f}"}
                 | {k.removeprefix("train/"): f"{v:.1e}" for k, v in learning_rates(self.optimizer).items()}
             )
-            window_loss, window_n = self._zeros(), self._zeros()
+            window = self._zeros(3)
         bar.update(1)
         if step % t.eval_every == 0 or step == t.max_steps:
-            self._hold_window(window_loss, window_n)
+            self._hold_window(window)
             self._evaluate_and_checkpoint(step)
         elif self._save_due(step):
-            self._hold_window(window_loss, window_n)
+            self._hold_window(window)
             self._count_tokens()
             self._checkpoint(self.output_dir / "last", with_state=True)
             self._saved_at = time.monotonic()
             self.accelerator.wait_for_everyone()
-        return window_loss, window_n
+        return window
 
     def _save_due(self, step: int) -> bool:
         """`trainer.save_every` steps, or `trainer.save_every_minutes` since the last checkpoint (with several
@@ -344,11 +356,10 @@ class TrainLoop:
             return False
         return bool(acc.reduce(torch.tensor(float(due), device=acc.device), reduction="sum").item() > 0)
 
-    def _hold_window(self, window_loss: torch.Tensor, window_n: torch.Tensor) -> None:
+    def _hold_window(self, window: torch.Tensor) -> None:
         """Put the loss window (summed over processes) in the state that checkpoints save."""
-        acc = self.accelerator
-        self.state.window_loss = float(acc.reduce(window_loss.clone(), reduction="sum"))
-        self.state.window_n = float(acc.reduce(window_n.clone(), reduction="sum"))
+        total = self.accelerator.reduce(window.clone(), reduction="sum").tolist()
+        self.state.window_loss, self.state.window_n, self.state.window_aux = total
 
     def _count_tokens(self) -> None:
         """Fold the tokens counted on the device into the state (one sync, at log and checkpoint steps)."""

@@ -13,9 +13,11 @@ from cpoly.skills import skilled_layers
 
 # Parameters of a SkilledLinear that route: the allocation logits Z and moe_lora's gate train at
 # `router_lr`. C-Poly's exclusive-skill weights W_B start at the identity and train at the adapters'
-# lr (at a router lr of 0.1 they lose their identity within a few steps); neither decays to zero.
+# lr (at a router lr of 0.1 they lose their identity within a few steps), as does MTL-LoRA's per-task
+# bottleneck; neither kind decays to zero.
 ROUTER_PREFIXES = ("allocation.", "gate.")
-TASK_WEIGHT_PREFIX = "task_weights."
+# W_B and MTL-LoRA's per-task bottleneck Lambda_t: identity at init, no weight decay
+TASK_WEIGHT_PREFIX = ("task_weights.", "bottleneck.")
 
 
 def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
