@@ -12,7 +12,9 @@ through every activation to one trainable scalar that scales the embeddings (enc
 plus its AdamW step: what any adapter's step costs before its own work. `x floor` is each step's ratio to
 it. C-Poly's exclusive-skill weights W_B are timed dense (`trainable`, the authors' T x T*B matrix),
 `block` (trainable within each task's own skills, the paper's Eq. 2) and `fixed`, at T=10, 100 and 1000,
-and each one's T=1000 / T=10 ratio is printed.
+and each one's T=1000 / T=10 ratio is printed. The methods published since C-Poly run at their
+defaults (`conf/method/`): MTL-LoRA (T=100 tasks), HydraLoRA and MixLoRA (top-2 of 4, its load-balancing
+loss in the step), each against PEFT LoRA r=8 with the issue's targets.
 
 Memory: on CUDA the peak allocated memory of a step; on CPU the bytes a step keeps for backward
 (saved activations, counted once per storage) plus trainable parameters, gradients and AdamW state.
@@ -38,6 +40,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from cpoly import SkillConfig, add_skills, use_tasks
+from cpoly.skills import pop_aux_loss, skill_state
 from cpoly.train.optim import fill_missing_grads
 
 
@@ -78,6 +81,9 @@ def make_batch(n_tasks: int, device: str, generator: torch.Generator) -> tuple[d
 def training_step(model, optimizer, batch, route: Callable[[], object]) -> None:
     with route():
         loss = model(**batch).loss
+        aux = pop_aux_loss(model) if hasattr(model, "cpoly_skills") else None
+        if aux is not None:  # mixlora's load-balancing loss, as the trainer adds it
+            loss = loss + skill_state(model).config.aux_loss_coef * aux
         loss.backward()
     fill_missing_grads(optimizer)  # as the trainer: every trainable tensor is stepped
     optimizer.step()
@@ -153,6 +159,9 @@ def build_variants(base, device: str, generator: torch.Generator, only: str | No
         ("cpoly block-W_B T=1000", dict(method="cpoly", task_weights="block"), 1000),
         ("cpoly fixed-W_B T=10", dict(method="cpoly", task_weights="fixed"), 10),
         ("cpoly fixed-W_B T=1000", dict(method="cpoly", task_weights="fixed"), 1000),
+        ("mtl_lora n=3 r=4 T=100", dict(method="mtl_lora"), 100),
+        ("hydralora N=3 r=4", dict(method="hydralora"), 100),
+        ("mixlora E=4 top-2 r=2", dict(method="mixlora"), 100),
     ]
     for label, kwargs, n_tasks in settings:
         if not keep(label):
@@ -241,6 +250,11 @@ def main() -> None:
         print(f"  {label:28s} {' '.join(cells)}")
     targets = [
         ("cpoly T=100 / peft_lora r=8", "cpoly A=3 B=1 r=2 T=100", "peft_lora r=8", 1.05),
+        ("cpoly T=100 / backbone floor", "cpoly A=3 B=1 r=2 T=100", FLOOR, 1.05),
+        ("cpoly block-W_B T=100 / backbone floor", "cpoly block-W_B T=100", FLOOR, 1.05),
+        ("mtl_lora / peft_lora r=8", "mtl_lora n=3 r=4 T=100", LORA, 1.10),
+        ("hydralora / peft_lora r=8", "hydralora N=3 r=4", LORA, 1.15),
+        ("mixlora / peft_lora r=8", "mixlora E=4 top-2 r=2", LORA, 1.40),
         ("poly / peft_poly", "poly K=4 r=2", "peft_poly K=4 r=2", 1.00),
         ("mhr / peft_mhr", "mhr K=4 S=4 r=2", "peft_mhr K=4 S=4 r=2", 1.00),
         ("cpoly T=1000 / T=10", "cpoly A=3 B=1 r=2 T=1000", "cpoly A=3 B=1 r=2 T=10", 1.10),
@@ -251,7 +265,7 @@ def main() -> None:
     for label, numerator, denominator, target in targets:
         if numerator not in median or denominator not in median:
             continue
-        print(f"  {label:36s} = {median[numerator] / median[denominator]:.3f}  (target <= {target:.2f})")
+        print(f"  {label:40s} = {median[numerator] / median[denominator]:.3f}  (target <= {target:.2f})")
 
 
 if __name__ == "__main__":

@@ -183,9 +183,17 @@ def skills_tag(
     match_params: str | None = None,
     match_by: str | None = None,
     task_weights: str | None = None,
+    n_skills_a: int | None = None,
+    allocation: str | None = None,
+    bottleneck: str | None = None,
+    top_k: int | None = None,
+    aux_loss_coef: float | None = None,
 ) -> str:
-    """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2. A
-    parameter-matched run shows the knob it sizes as M and names the method it matches: kMr2-match_cpoly."""
+    """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2,
+    mtl_lora n3r4, hydralora h3r4, mixlora e4r2. A parameter-matched run shows the knob it sizes as M and
+    names the method it matches: kMr2-match_cpoly. Layer settings that differ from the method's default
+    follow, so dashboards keep them apart: wblock (W_B), ka1 (one shared A), zsoftmax (allocation),
+    Ldiagonal (bottleneck), top2, aux0.01."""
     if match_params is not None:
         from cpoly.skills.matching import DEFAULT_FIELD
 
@@ -208,8 +216,20 @@ def skills_tag(
         "mixlora": f"e{k}",
     }.get(method, f"k{k}b{b}s{s}")
     tag = f"{parts}r{r}"
+    common = {"allocation": "bernoulli", "bottleneck": "none", "aux_loss_coef": 0.0, "top_k": None}
+    default = lambda name: d.get(name, common.get(name))  # noqa: E731
     if task_weights is not None and task_weights != d.get("task_weights"):  # e.g. C-Poly's block W_B: wblock
         tag += f"w{task_weights}"
+    if n_skills_a is not None and n_skills_a != d.get("n_skills_a", k):
+        tag += f"ka{n_skills_a}"
+    for prefix, name, value in (
+        ("z", "allocation", allocation),
+        ("L", "bottleneck", bottleneck),
+        ("top", "top_k", top_k),
+        ("aux", "aux_loss_coef", aux_loss_coef),
+    ):
+        if value is not None and value != default(name):
+            tag += f"{prefix}{value:g}" if isinstance(value, float) else f"{prefix}{value}"
     return tag if match_params is None else f"{tag}-match_{match_params}"
 
 

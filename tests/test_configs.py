@@ -49,6 +49,13 @@ def test_run_names_carry_the_key_numbers():
     assert skills_tag("cpoly", 3, 1, 1, 2) == "a3b1r2"
     assert skills_tag("mhr", 4, 0, 8, 2) == "k4s8r2"
     assert skills_tag("moe_lora", 4, 0, 1, 2) == "e4r2"
+    assert skills_tag("mtl_lora", None, None, None, None) == "n3r4"
+    assert skills_tag("hydralora", 3, 0, 1, 4) == "h3r4"
+    assert skills_tag("mixlora", None, None, None, None) == "e4r2"
+    # layer settings off the method default show: one shared A, softmax allocation, a bottleneck, top-k, aux
+    assert skills_tag("poly", 4, 0, 1, 2, None, None, None, 1, "softmax", "diagonal") == "k4r2ka1zsoftmaxLdiagonal"
+    assert skills_tag("mixlora", 4, 0, 1, 2, None, None, None, None, None, None, 1, 0.01) == "e4r2top1aux0.01"
+    assert skills_tag("mixlora", 4, 0, 1, 2, None, None, None, 4, None, None, 2, 0.001) == "e4r2"
     assert skills_tag("shared_lora", 1, 0, 1, 8) == "r8"
     assert skills_tag("poly", None, None, None, None) == "k4r2"  # method defaults fill nulls
     # a parameter-matched run shows the knob it sizes as M and names what it matches

@@ -298,9 +298,9 @@ def test_mixlora_aux_loss_is_the_switch_mixtral_loss():
     assert pop_aux_loss(model) is None
 
 
-def test_aux_loss_is_the_mean_over_layers():
-    """On a model: the mean over adapted layers of each layer's loss (transformers' Mixtral function on that
-    layer's logits alone; it pools layers' tokens when given several, which is not this mean)."""
+def test_aux_loss_pools_the_layers_as_mixtral_does():
+    """On a model: one loss over every adapted layer's tokens pooled, as transformers' Mixtral function
+    computes it given every layer's router logits (not the mean of per-layer losses)."""
     mixtral = pytest.importorskip("transformers.models.mixtral.modeling_mixtral")
     model = add_skills(tiny_t5(), SkillConfig(method="mixlora", task_names=TASKS))
     randomize_all(model, std=1.0)
@@ -315,8 +315,10 @@ def test_aux_loss_is_the_mean_over_layers():
     aux = pop_aux_loss(model)
     n_layers = sum(1 for _ in skilled_layers(model))
     assert len(logits) == n_layers == 12  # q and v of 2 encoder, 2 decoder self- and 2 cross-attention blocks
+    pooled = mixtral.load_balancing_loss_func(tuple(z.reshape(-1, 4) for z in logits.values()), num_experts=4, top_k=2)
+    torch.testing.assert_close(aux, pooled, atol=1e-6, rtol=0)
     per_layer = [mixtral.load_balancing_loss_func((z.reshape(-1, 4),), num_experts=4, top_k=2) for z in logits.values()]
-    torch.testing.assert_close(aux, torch.stack(per_layer).mean(), atol=1e-6, rtol=0)
+    assert abs(aux - torch.stack(per_layer).mean()) > 1e-4  # the test tells pooling from a mean of layers
 
 
 def test_aux_loss_reaches_training(tmp_path):
@@ -336,6 +338,27 @@ def test_aux_loss_reaches_training(tmp_path):
     logged = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "train/loss" in r]
     assert logged and all("train/aux_loss" in r for r in logged)
     assert all(1.5 < r["train/aux_loss"] < 2.5 for r in logged), logged
+
+
+def test_the_aux_loss_joins_the_objective_but_not_the_logged_loss(tmp_path):
+    """The same two steps with aux_loss_coef 0 and 1: the first logged loss (before any update) is equal,
+    so train/loss is the task loss alone; the gates end apart, so the aux term reached backward (with
+    coefficient 0 it is not even computed)."""
+    from cpoly.run import train
+
+    base = ["debug=smoke", "method=mixlora", "benchmark.n_tasks=3", "benchmark.n_train_per_task=8"]
+    base += ["benchmark.n_eval_per_task=2", "trainer.max_steps=2", "trainer.log_every=1"]
+    runs = {}
+    for coef in (0.0, 1.0):
+        out = tmp_path / f"coef{coef}"
+        train(compose_train([*base, f"method.aux_loss_coef={coef}"], out))
+        first = next(r for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r)
+        runs[coef] = (first, load_file(str(out / "last" / "adapter_model.safetensors")))
+    (plain, plain_weights), (with_aux, aux_weights) = runs[0.0], runs[1.0]
+    assert "train/aux_loss" not in plain and with_aux["train/aux_loss"] > 0
+    assert with_aux["train/loss"] == plain["train/loss"]
+    gates = [k for k in plain_weights if k.endswith("gate.proj.weight")]
+    assert gates and all(not torch.equal(plain_weights[k], aux_weights[k]) for k in gates)
 
 
 # ---------------------------------------------------------------- the library's guarantees, per method

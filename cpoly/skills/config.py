@@ -1,4 +1,5 @@
-"""`SkillConfig`: one skilled-LoRA configuration for all six methods (DESIGN.md section 2).
+"""`SkillConfig`: one skilled-LoRA configuration for all nine methods (DESIGN.md section 2;
+the three published since C-Poly: docs/methods.md).
 
 The methods are configurations of one layer. Fields left as `None` take the method's default (the
 paper's settings); every explicit value is checked against the method's rules on construction, and
@@ -40,7 +41,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         aux_loss_coef=0.001,
     ),
 }
-# Defaults every method shares unless its row above says otherwise (n_skills_a: None is "one A per skill").
+# Defaults every method shares unless its row above says otherwise (n_skills_a stays None: one A per skill).
 COMMON_DEFAULTS: dict[str, Any] = dict(allocation="bernoulli", bottleneck="none", aux_loss_coef=0.0, temperature=1.0)
 
 MIXINGS = ("params", "outputs")
@@ -102,20 +103,20 @@ class SkillConfig:
         for name, default in {**COMMON_DEFAULTS, **METHOD_DEFAULTS[self.method]}.items():
             if getattr(self, name) is None:
                 setattr(self, name, default)
-        if self.n_skills_a is None and isinstance(self.n_skills, int):
-            self.n_skills_a = self.n_skills
         self._check_types()
         self._check_values()
         self._check_method_rules()
 
     # -- validation -------------------------------------------------------------------------------
     def _check_types(self) -> None:
-        for name in ("rank", "n_skills", "n_skills_a", "n_task_skills", "n_splits"):
+        for name in ("rank", "n_skills", "n_task_skills", "n_splits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 _fail(name, value, "must be an integer")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
-            _fail("top_k", self.top_k, "must be an integer or None")
+        for name in ("top_k", "n_skills_a"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                _fail(name, value, "must be an integer or None")
         for name in ("alpha", "temperature", "aux_loss_coef"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -155,7 +156,7 @@ class SkillConfig:
             _fail("temperature", self.temperature, "must be a finite number > 0")
         if not math.isfinite(self.aux_loss_coef) or self.aux_loss_coef < 0:
             _fail("aux_loss_coef", self.aux_loss_coef, "must be a finite number >= 0")
-        if self.n_skills_a not in {self.n_skills, min(self.n_skills, 1)}:
+        if self.n_skills_a not in {None, self.n_skills, min(self.n_skills, 1)}:
             _fail(
                 "n_skills_a",
                 self.n_skills_a,
@@ -193,7 +194,7 @@ class SkillConfig:
             "hydralora": dict(n_skills_a=1, n_task_skills=0, n_splits=1, mixing="outputs"),
             "mixlora": dict(n_task_skills=0, n_splits=1, mixing="outputs"),
         }[m]
-        if m in ("moe_lora", "mixlora") and self.n_skills_a != self.n_skills:
+        if m in ("moe_lora", "mixlora") and self.n_skills_a not in (None, self.n_skills):
             _fail("n_skills_a", self.n_skills_a, f"method {m}'s experts are LoRA pairs: n_skills_a={self.n_skills}")
         for name, required in exact.items():
             if getattr(self, name) != required:
@@ -254,7 +255,7 @@ class SkillConfig:
     @property
     def asymmetric(self) -> bool:
         """One shared down-projection for several up-projections (K_A = 1 < K_B)."""
-        return self.n_skills_a != self.n_skills
+        return self.n_skills_a is not None and self.n_skills_a != self.n_skills
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -305,13 +305,13 @@ class SkilledLinear(nn.Module):
     def _gated_expert_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Token-routed methods: gate_k(x) * x A_k for every token and expert (x A, the one shared A, for
         every head), (..., K*r); times the experts' stacked B (K*r, d_out) this is the gated sum of the
-        experts' outputs. In training, with a load-balancing loss, the gate's loss is left in the routing
-        state under this layer's index."""
+        experts' outputs. In training, with a load-balancing loss, the gate's routing statistics are left
+        in the routing state under this layer's index."""
         c = self.config
         with_aux = c.aux_loss_coef > 0 and self.training and torch.is_grad_enabled()
-        gates, aux = self.gate(x, with_aux_loss=with_aux)  # (..., K)
-        if aux is not None:
-            self.routing.aux_losses[self.index] = aux
+        gates, stats = self.gate(x, with_stats=with_aux)  # (..., K)
+        if stats is not None:
+            self.routing.gate_stats[self.index] = stats
         if c.asymmetric:
             xa = (x @ self.shared_A[0, 0]).unsqueeze(-2) * gates.unsqueeze(-1)
         else:

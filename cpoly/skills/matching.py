@@ -81,7 +81,8 @@ def match_parameters(
         raise SkillConfigError(f"method.match_by={field!r}: must be one of {', '.join(MATCH_FIELDS)}")
     target = adapter_parameters(reference, shapes)
     best: tuple[int, int, SkillConfig] | None = None  # (distance, parameters, config)
-    for value in range(1, MAX_VALUE + 1):
+    start = config.top_k if field == "n_skills" and config.top_k else 1  # top-k routing needs k experts
+    for value in range(start, MAX_VALUE + 1):
         try:
             candidate = dataclasses.replace(config, **{field: value})
         except SkillConfigError as error:

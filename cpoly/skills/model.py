@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import re
 import types
 from collections.abc import Iterator, Sequence
@@ -159,15 +160,15 @@ def use_tasks(
 
 
 def pop_aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """The mean over adapted layers of the token gates' load-balancing losses left by the last training
-    forward (`SkillConfig.aux_loss_coef` > 0), or None; the routing state is cleared. Call it after each
-    forward whose loss it joins."""
-    losses = skill_state(model).routing.aux_losses
-    if not losses:
+    """The token gates' load-balancing loss of the last training forward (`SkillConfig.aux_loss_coef` > 0),
+    over the tokens of every adapted layer pooled (as Mixtral's `load_balancing_loss_func` and MixLoRA pool
+    their layers), or None; the routing state is cleared. Call it after each forward whose loss it joins."""
+    stats = skill_state(model).routing.gate_stats
+    if not stats:
         return None
-    mean = torch.stack([losses[i] for i in sorted(losses)]).mean()
-    losses.clear()
-    return mean
+    pooled = functools.reduce(operator.add, (stats[i] for i in sorted(stats)))
+    stats.clear()
+    return pooled.loss()
 
 
 def _checkpoint_contexts(routing: RoutingState):

@@ -104,9 +104,9 @@ class RoutingState:
     def __init__(self) -> None:
         self.batch: TaskBatch | None = None
         self.generating = False  # inside generate(): beams and returned sequences repeat each task id
-        # token gates' load-balancing losses of the last training forward, by layer index
-        # (`cpoly.skills.pop_aux_loss` takes them)
-        self.aux_losses: dict[int, torch.Tensor] = {}
+        # token gates' routing statistics of the last training forward, by layer index (`GateStats`;
+        # `cpoly.skills.pop_aux_loss` pools them into the load-balancing loss)
+        self.gate_stats: dict[int, GateStats] = {}
 
 
 class SharedAllocation(nn.Module):
@@ -242,27 +242,50 @@ class TokenGate(nn.Module):
             nn.init.normal_(self.proj.weight, std=init_std)
         self.temperature, self.top_k = temperature, top_k
 
-    def forward(self, x: torch.Tensor, with_aux_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The gates (..., K) and, if asked, the load-balancing loss of these tokens."""
+    def forward(self, x: torch.Tensor, with_stats: bool = False) -> tuple[torch.Tensor, GateStats | None]:
+        """The gates (..., K) and, if asked, these tokens' routing statistics (for the load-balancing loss)."""
         probs = F.softmax(self.proj(x.to(self.proj.weight.dtype)) / self.temperature, dim=-1)
         gates, chosen = probs, None
         if self.top_k is not None and self.top_k < probs.shape[-1]:
             top, chosen = probs.topk(self.top_k, dim=-1)
             gates = torch.zeros_like(probs).scatter(-1, chosen, top / top.sum(-1, keepdim=True))
-        if not with_aux_loss:
+        if not with_stats:
             return gates, None
         if chosen is None:  # a dense gate: each token counts for its largest gate
             chosen = probs.argmax(-1, keepdim=True)
-        return gates, load_balancing_loss(probs, chosen)
+        return gates, GateStats.of(probs, chosen)
+
+
+@dataclass(frozen=True)
+class GateStats:
+    """What the load-balancing loss needs from one gate's tokens: per expert, the number of a token's
+    choices that went to it (`routed`, a token's k choices each count) and the summed gate probabilities
+    (`probability`), and the number of tokens. Summed over layers, they pool every layer's tokens, as
+    Mixtral's and MixLoRA's losses do."""
+
+    routed: torch.Tensor  # (K,)
+    probability: torch.Tensor  # (K,)
+    tokens: int
+
+    @staticmethod
+    def of(probs: torch.Tensor, chosen: torch.Tensor) -> GateStats:
+        n_experts = probs.shape[-1]
+        probs = probs.reshape(-1, n_experts)
+        routed = F.one_hot(chosen.reshape(probs.shape[0], -1), n_experts).sum((0, 1)).to(probs.dtype)
+        return GateStats(routed, probs.sum(0), probs.shape[0])
+
+    def __add__(self, other: GateStats) -> GateStats:
+        return GateStats(self.routed + other.routed, self.probability + other.probability, self.tokens + other.tokens)
+
+    def loss(self) -> torch.Tensor:
+        """The Switch Transformer / Mixtral auxiliary loss K * sum_i f_i P_i: f_i the share of tokens routed
+        to expert i, P_i its mean gate probability. 1 when top-1 routing is uniform, k for top-k; it grows
+        as routing concentrates. Only P carries a gradient (to the gate)."""
+        n = max(self.tokens, 1)
+        return self.routed.shape[0] * ((self.routed / n) * (self.probability / n)).sum()
 
 
 def load_balancing_loss(probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """The Switch Transformer / Mixtral auxiliary loss K * sum_i f_i P_i over the tokens of `probs`
-    (..., K): f_i the share of tokens that route to expert i (each of a token's k choices counts), P_i the
-    mean gate probability of expert i. 1 when top-1 routing is uniform, k for top-k; it grows as routing
-    concentrates."""
-    n_experts = probs.shape[-1]
-    probs = probs.reshape(-1, n_experts)
-    routed = F.one_hot(chosen.reshape(probs.shape[0], -1), n_experts).to(probs.dtype)  # (tokens, k, K)
-    share = routed.mean(0).sum(0)  # (K,)
-    return n_experts * (share * probs.mean(0)).sum()
+    """The load-balancing loss of one set of tokens: gate probabilities (..., K) and each token's chosen
+    experts (..., k)."""
+    return GateStats.of(probs, chosen).loss()
