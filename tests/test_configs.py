@@ -182,3 +182,19 @@ def test_wandb_sweeps_name_real_keys_and_pass_them_as_overrides(path, tmp_path):
     check_config(cfg)
     metric_key = sweep["metric"]["name"].removeprefix("val/avg/")
     assert metric_key in ("rougeL", "score", "char_similarity", "exact_match")
+
+
+@pytest.mark.parametrize("method", __import__("cpoly.skills", fromlist=["METHODS"]).METHODS)
+def test_each_method_file_states_its_methods_defaults(method):
+    """conf/method/<method>.yaml and SkillConfig's method defaults say the same thing (two statements of one
+    setting must not drift): every layer field the file sets equals what SkillConfig fills in."""
+    from cpoly.config import method_option
+    from cpoly.skills import SkillConfig
+
+    option = method_option(method)
+    defaults = SkillConfig(method=method, task_names=["a", "b"])
+    fields = ("rank", "n_skills", "n_skills_a", "n_task_skills", "n_splits", "mixing", "task_weights", "allocation")
+    fields += ("bottleneck", "temperature", "top_k", "aux_loss_coef")
+    stated = {f: getattr(option, f) for f in fields if getattr(option, f) is not None}
+    assert stated == {f: getattr(defaults, f) for f in stated}, method
+    assert {"rank", "n_skills", "n_task_skills"} <= set(stated)
