@@ -62,6 +62,57 @@ def randomize_all(model: nn.Module, std: float = 0.3, seed: int = 0) -> None:
                 p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (1.0 if name == "shared_A" else std))
 
 
+# ---------------------------------------------------------------- one shared A under the other methods
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(method="poly", n_skills_a=1),
+        dict(method="poly", n_skills_a=1, mixing="outputs"),
+        dict(method="mhr", n_skills_a=1, n_splits=2),
+        dict(method="cpoly", n_skills_a=1),
+        dict(method="poly", n_skills_a=1, allocation="softmax", bottleneck="diagonal", temperature=0.7),
+    ],
+    ids=["poly", "poly-outputs", "mhr-S2", "cpoly", "poly-softmax-diagonal"],
+)
+def test_one_shared_down_projection_is_the_formula(kwargs):
+    """n_skills_a=1 under the task-routed methods, in float64 against loops: for example i, the rank-r code
+    h_i = sum_q x_i[q-th input block] A_q (PEFT Poly's MHR: the splits' A's stack along the input), and the
+    q-th output block is scaling * h_i (sum_k w_iqk B_qk) (plus C-Poly's exclusive skills; a diagonal
+    Lambda_t scales the code where set). Evaluation mode: the allocation's weights are deterministic."""
+    torch.manual_seed(0)
+    model = OneLinear(8, 6, dtype=torch.float64)
+    add_skills(model, SkillConfig(task_names=TASKS, target_modules=["lin"], **kwargs))
+    layer, c = model.lin, model.lin.config
+    assert layer.shared_A.shape[1] == 1 and layer.shared_B.shape[1] == c.n_skills and c.asymmetric
+    randomize_all(model)
+    model.eval()
+    x = torch.randn(3, 4, 8, dtype=torch.float64)
+    ids = [2, 0, 1]
+    with torch.no_grad(), use_tasks(model, ids):
+        got = model(x)
+        w = layer.shared_weights(layer.routing.batch)  # (b, S, K)
+        expected = layer.base_layer(x).clone()
+        S, d_in, d_out = c.n_splits, 8 // c.n_splits, 6 // c.n_splits
+        for i, t in enumerate(ids):
+            tw = layer.task_weights.weight[t] if c.n_task_skills else None  # C-Poly: trainable W_B's row
+            code = 0
+            for q in range(S):
+                a = layer.shared_A[q, 0]
+                if tw is not None:
+                    a = a + sum(tw[j] * layer.task_A[q, j] for j in range(tw.shape[0]))
+                code = code + x[i, :, q * d_in : (q + 1) * d_in] @ a
+            if c.bottleneck == "diagonal":
+                code = code * layer.bottleneck.weight[t]
+            for q in range(S):
+                b = sum(w[i, q, k] * layer.shared_B[q, k] for k in range(c.n_skills))
+                if tw is not None:
+                    b = b + sum(tw[j] * layer.task_B[q, j] for j in range(tw.shape[0]))
+                expected[i, :, q * d_out : (q + 1) * d_out] += c.scaling * code @ b
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+
+
 # ---------------------------------------------------------------- mtl_lora
 
 
