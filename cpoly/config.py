@@ -7,6 +7,7 @@ misspelled key or a wrongly typed value fails when Hydra composes the config, wi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,25 +65,15 @@ class MethodConfig:
     def skill_config(
         self, task_names: list[str], target_modules: Any, modules_to_save: list[str] | None = None
     ) -> SkillConfig:
+        # every SkillConfig field this schema has, under the same name: one list of layer settings
+        layer = {f.name: getattr(self, f.name) for f in dataclasses.fields(SkillConfig) if hasattr(self, f.name)}
         return SkillConfig(
-            method=self.method,
-            task_names=list(task_names),
-            target_modules=self.target_modules if self.target_modules is not None else target_modules,
-            rank=self.rank,
-            n_skills=self.n_skills,
-            n_skills_a=self.n_skills_a,
-            n_task_skills=self.n_task_skills,
-            n_splits=self.n_splits,
-            alpha=self.alpha,
-            mixing=self.mixing,
-            task_weights=self.task_weights,
-            allocation=self.allocation,
-            bottleneck=self.bottleneck,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            aux_loss_coef=self.aux_loss_coef,
-            unknown_task=self.unknown_task,
-            modules_to_save=list(modules_to_save or []),
+            **layer
+            | dict(
+                task_names=list(task_names),
+                target_modules=self.target_modules if self.target_modules is not None else target_modules,
+                modules_to_save=list(modules_to_save or []),
+            )
         )
 
 

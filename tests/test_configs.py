@@ -198,3 +198,15 @@ def test_each_method_file_states_its_methods_defaults(method):
     stated = {f: getattr(option, f) for f in fields if getattr(option, f) is not None}
     assert stated == {f: getattr(defaults, f) for f in stated}, method
     assert {"rank", "n_skills", "n_task_skills"} <= set(stated)
+
+
+def test_the_method_schema_has_every_layer_setting():
+    """Every SkillConfig field but what the run supplies (tasks, heads) can be set from `method.` (a new
+    layer field cannot be left unreachable from the command line)."""
+    import dataclasses
+
+    from cpoly.config import MethodConfig
+    from cpoly.skills import SkillConfig
+
+    layer = {f.name for f in dataclasses.fields(SkillConfig)} - {"task_names", "modules_to_save"}
+    assert layer <= {f.name for f in dataclasses.fields(MethodConfig)}
