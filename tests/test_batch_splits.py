@@ -37,12 +37,16 @@ COMMON = [
     f"trainer.eval_every={STEPS}",
     "trainer.cpu=true",
     "backbone.dropout=0",
+    # mixlora's load-balancing loss balances each micro-batch's (each process's) own tokens, as Mixtral's and
+    # MixLoRA's do: with a coefficient it depends on the split by design (docs/methods.md); without, token
+    # routing must not
+    "method.aux_loss_coef=0",
 ]
 SPLITS = {"1x8": ["trainer.batch_size=8"], "4x2": ["trainer.batch_size=2", "trainer.grad_accum=4"]}
 
 
 def two_process_runs(out: Path, cache: Path, dtype: str) -> Path:
-    """All six methods as one Hydra multirun under torchrun (2 gloo processes of batch 4)."""
+    """All nine methods as one Hydra multirun under torchrun (2 gloo processes of batch 4)."""
     done = train_py(
         "-m",
         f"method={','.join(METHODS)}",
