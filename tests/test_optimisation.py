@@ -61,15 +61,15 @@ def test_every_trainable_parameter_is_in_exactly_one_group_with_its_lr_and_decay
     assert set(members) == set(trainable)  # every trainable one, and nothing frozen
     for pid, name in trainable.items():
         expected = "router" if ("allocation." in name or ".gate." in name) else "adapters"
-        expected = "task_weights" if "task_weights." in name else expected
+        expected = "task_weights" if ("task_weights." in name or ".bottleneck." in name) else expected
         assert members[pid] == expected, name
     assert (groups["adapters"]["lr"], groups["adapters"]["weight_decay"]) == (1e-3, 0.01)
     if "router" in groups:
         assert (groups["router"]["lr"], groups["router"]["weight_decay"]) == (0.1, 0.0)
     if "task_weights" in groups:  # W_B: the adapters' lr, no decay
         assert (groups["task_weights"]["lr"], groups["task_weights"]["weight_decay"]) == (1e-3, 0.0)
-    assert ("router" in groups) == (method in ("moe_lora", "poly", "mhr", "cpoly"))
-    assert ("task_weights" in groups) == (method == "cpoly")
+    assert ("router" in groups) == (method not in ("shared_lora", "task_lora"))  # allocation logits or a gate
+    assert ("task_weights" in groups) == (method in ("cpoly", "mtl_lora"))  # W_B; MTL-LoRA's Lambda_t
 
 
 def test_encoder_task_heads_train_with_the_adapters():

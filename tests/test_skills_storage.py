@@ -192,7 +192,7 @@ def test_moe_lora_is_the_gated_sum_of_its_experts(top_k):
     layer = next(layer for _, layer in skilled_layers(model))
     x = torch.randn(3, 5, layer.d_in)
     with torch.no_grad():
-        gates = layer.gate(x)
+        gates, _ = layer.gate(x)
         experts = torch.stack([x @ layer.shared_A[0, k] @ layer.shared_B[0, k] for k in range(layer.n_shared)], -1)
         expected = layer.base_layer(x) + layer.config.scaling * (experts * gates.unsqueeze(-2)).sum(-1)
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)

@@ -75,7 +75,7 @@ def test_each_method_trains_and_writes_its_run_folder(method, tmp_path, cache_di
         "last",
         "best",
     } <= files
-    routed = method in ("poly", "mhr", "cpoly")
+    routed = method in ("poly", "mhr", "cpoly", "mtl_lora")  # a learned task-to-skill allocation
     assert ("allocation.png" in files) == ("dendrogram.png" in files) == routed
     if not routed:
         assert results["skill_recovery"] is None and results["allocation"] is None
