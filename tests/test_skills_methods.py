@@ -174,6 +174,29 @@ def mtl_lora_delta(layer, x: torch.Tensor, task_ids: list[int]) -> torch.Tensor:
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("bottleneck", ["full", "diagonal"])
+def test_mtl_lora_unknown_task_mixes_uniformly_through_the_identity(bottleneck):
+    """unknown_task=uniform: an unseen task gets uniform weights over the B's and Lambda = identity,
+    beside known tasks in the same batch (float64)."""
+    torch.manual_seed(0)
+    model = OneLinear(10, 6, dtype=torch.float64)
+    config = SkillConfig(
+        method="mtl_lora", task_names=TASKS, target_modules=["lin"], unknown_task="uniform", bottleneck=bottleneck
+    )
+    add_skills(model, config)
+    layer = model.lin
+    randomize_all(model)
+    x = torch.randn(2, 5, 10, dtype=torch.float64)
+    with torch.no_grad(), use_tasks(model, ["task_b", "never_seen"]):
+        got = model(x)
+    mixed_b = layer.shared_B[0].mean(0)  # uniform over the n up-projections
+    unseen = layer.config.scaling * (x[1] @ layer.shared_A[0, 0] @ mixed_b)
+    known = mtl_lora_delta(layer, x[:1], [1])[0]
+    with torch.no_grad():
+        torch.testing.assert_close(got[0], layer.base_layer(x[0]) + known, atol=1e-10, rtol=0)
+        torch.testing.assert_close(got[1], layer.base_layer(x[1]) + unseen, atol=1e-10, rtol=0)
+
+
 def test_mtl_lora_full_bottleneck_is_the_formula():
     """The default mtl_lora (full r x r Lambda_t, identity init; n=3 up-projections; tau=0.1) in float64."""
     torch.manual_seed(0)
