@@ -7,23 +7,21 @@ import json
 
 import pytest
 import torch
-from helpers.tiny_models import TASKS, randomize_adapters, t5_batch, tiny_gpt2, tiny_llama, tiny_t5
+from helpers.tiny_models import (
+    TASKS,
+    logits_and_generation,
+    randomize_adapters,
+    t5_batch,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_t5,
+)
 
 from cpoly import SkillConfig, add_skills, allocation_matrix, export_task_lora, load_skills, save_skills, use_tasks
 from cpoly.skills import METHODS, skilled_layers
 
 MIXED = ["task_b", "task_c", "task_a"]
 peft = pytest.importorskip("peft")
-
-
-def _logits_and_generation(model, tasks=MIXED):
-    batch = t5_batch()
-    with use_tasks(model, tasks):
-        logits = model(**batch).logits
-        tokens = model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=2, max_new_tokens=5
-        )
-    return logits, tokens
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -35,7 +33,7 @@ def test_save_load_round_trip_is_exact(method, tmp_path):
     assert files == ["adapter_config.json", "adapter_model.safetensors"]
     loaded = load_skills(tiny_t5(), tmp_path / "adapter")
     assert loaded.cpoly_skills.config == model.cpoly_skills.config  # task names kept
-    for a, b in zip(_logits_and_generation(model), _logits_and_generation(loaded), strict=True):
+    for a, b in zip(logits_and_generation(model), logits_and_generation(loaded), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -71,7 +69,7 @@ def test_saving_over_an_existing_adapter_is_atomic(tmp_path):
     save_skills(model, tmp_path / "a")  # replaces it
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
     loaded = load_skills(tiny_t5(), tmp_path / "a")
-    torch.testing.assert_close(_logits_and_generation(loaded)[0], _logits_and_generation(model)[0])
+    torch.testing.assert_close(logits_and_generation(loaded)[0], logits_and_generation(model)[0])
 
 
 @pytest.mark.parametrize("n_splits", [1, 4])

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.compose import compose_train
-from helpers.tiny_models import TASKS, t5_batch, tiny_t5
+from helpers.tiny_models import TASKS, logits_and_generation, t5_batch, tiny_t5
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -438,16 +438,6 @@ def test_the_aux_loss_joins_the_objective_but_not_the_logged_loss(tmp_path):
 # ---------------------------------------------------------------- the library's guarantees, per method
 
 
-def _logits_and_generation(model, tasks=MIXED):
-    batch = t5_batch()
-    with use_tasks(model, tasks):
-        logits = model(**batch).logits
-        tokens = model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=2, max_new_tokens=5
-        )
-    return logits, tokens
-
-
 @pytest.mark.parametrize("method", NEW_METHODS)
 def test_fresh_adapter_leaves_outputs_unchanged(method):
     base = tiny_t5().requires_grad_(False)
@@ -466,7 +456,7 @@ def test_generate_save_load_round_trip(method, tmp_path):
     identical logits and generations."""
     model = add_skills(tiny_t5(), SkillConfig(method=method, task_names=TASKS))
     randomize_all(model)
-    logits, tokens = _logits_and_generation(model)
+    logits, tokens = logits_and_generation(model)
     assert tokens.shape[0] == 3 and tokens.shape[1] <= 6
     base_logits = tiny_t5()(**t5_batch()).logits
     assert (logits - base_logits).abs().max() > 1e-3  # the randomised adapter is in use
@@ -476,7 +466,7 @@ def test_generate_save_load_round_trip(method, tmp_path):
     for (name, a), (_, b) in zip(skilled_layers(model), skilled_layers(loaded), strict=True):
         for key, value in a.adapter_tensors().items():
             torch.testing.assert_close(b.adapter_tensors()[key], value, atol=0, rtol=0, msg=f"{name}.{key}")
-    for a, b in zip((logits, tokens), _logits_and_generation(loaded), strict=True):
+    for a, b in zip((logits, tokens), logits_and_generation(loaded), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 

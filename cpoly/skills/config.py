@@ -24,23 +24,22 @@ TOKEN_ROUTED = ("moe_lora", "hydralora", "mixlora")
 # n=3 up-projections mixed by a per-task softmax at temperature 0.1; HydraLoRA one shared A and N=3 B heads
 # under a dense token router; MixLoRA 4 LoRA experts under a top-2 token router with a load-balancing loss
 # (0.001). Their ranks keep the family's budget: about a LoRA r=8's parameters on square layers.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+# fmt: off
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {  # one row per method: a table
     "shared_lora": dict(rank=8, n_skills=1, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed"),
     "task_lora": dict(rank=2, n_skills=0, n_task_skills=1, n_splits=1, mixing="params", task_weights="fixed"),
     "moe_lora": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed"),
     "poly": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed"),
     "mhr": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=4, mixing="params", task_weights="fixed"),
     "cpoly": dict(rank=2, n_skills=3, n_task_skills=1, n_splits=1, mixing="params", task_weights="trainable"),
-    "mtl_lora": dict(
-        rank=4, n_skills=3, n_skills_a=1, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed",
-        allocation="softmax", bottleneck="full", temperature=0.1,
-    ),
-    "hydralora": dict(rank=4, n_skills=3, n_skills_a=1, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed"),
-    "mixlora": dict(
-        rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed", top_k=2,
-        aux_loss_coef=0.001,
-    ),
+    "mtl_lora": dict(rank=4, n_skills=3, n_skills_a=1, n_task_skills=0, n_splits=1, mixing="params",
+                     task_weights="fixed", allocation="softmax", bottleneck="full", temperature=0.1),
+    "hydralora": dict(rank=4, n_skills=3, n_skills_a=1, n_task_skills=0, n_splits=1, mixing="outputs",
+                      task_weights="fixed"),
+    "mixlora": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed",
+                    top_k=2, aux_loss_coef=0.001),
 }
+# fmt: on
 # Defaults every method shares unless its row above says otherwise (n_skills_a stays None: one A per skill).
 COMMON_DEFAULTS: dict[str, Any] = dict(allocation="bernoulli", bottleneck="none", aux_loss_coef=0.0, temperature=1.0)
 
@@ -49,6 +48,10 @@ TASK_WEIGHTS = ("trainable", "fixed", "block")
 ALLOCATIONS = ("bernoulli", "softmax")
 BOTTLENECKS = ("none", "full", "diagonal")
 UNKNOWN_TASK = ("error", "uniform")
+# The fields that take one of a few words, and those words
+CHOICES = dict(
+    mixing=MIXINGS, task_weights=TASK_WEIGHTS, allocation=ALLOCATIONS, bottleneck=BOTTLENECKS, unknown_task=UNKNOWN_TASK
+)
 
 
 class SkillConfigError(ValueError):
@@ -162,22 +165,15 @@ class SkillConfig:
                 self.n_skills_a,
                 f"the down-projections are one per skill (n_skills={self.n_skills}) or one shared by all (1)",
             )
-        if self.allocation not in ALLOCATIONS:
-            _fail("allocation", self.allocation, f"must be one of {', '.join(ALLOCATIONS)}")
-        if self.bottleneck not in BOTTLENECKS:
-            _fail("bottleneck", self.bottleneck, f"must be one of {', '.join(BOTTLENECKS)}")
-        if self.mixing not in MIXINGS:
-            _fail("mixing", self.mixing, f"must be one of {', '.join(MIXINGS)}")
-        if self.task_weights not in TASK_WEIGHTS:
-            _fail("task_weights", self.task_weights, f"must be one of {', '.join(TASK_WEIGHTS)}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                _fail(name, getattr(self, name), f"must be one of {', '.join(choices)}")
         if self.task_weights == "block" and self.n_task_skills < 1:
             _fail(
                 "task_weights",
                 self.task_weights,
                 f"block weights mix a task's exclusive skills: needs n_task_skills >= 1, not {self.n_task_skills}",
             )
-        if self.unknown_task not in UNKNOWN_TASK:
-            _fail("unknown_task", self.unknown_task, f"must be one of {', '.join(UNKNOWN_TASK)}")
         if self.mixing == "outputs" and self.n_splits > 1:
             _fail("mixing", self.mixing, "output mixing is defined for n_splits=1 only (a skill is one LoRA)")
 
@@ -211,7 +207,11 @@ class SkillConfig:
             if not 1 <= self.top_k <= self.n_skills:
                 _fail("top_k", self.top_k, f"must lie in [1, n_skills={self.n_skills}]")
         if self.aux_loss_coef > 0 and not self.token_routed:
-            _fail("aux_loss_coef", self.aux_loss_coef, f"a load-balancing loss needs a token gate ({', '.join(TOKEN_ROUTED)})")
+            _fail(
+                "aux_loss_coef",
+                self.aux_loss_coef,
+                f"a load-balancing loss needs a token gate ({', '.join(TOKEN_ROUTED)})",
+            )
         if self.allocation != "bernoulli" and not self.has_learned_allocation:
             _fail("allocation", self.allocation, f"method {m} has no learned task-to-skill allocation")
         if self.bottleneck != "none":

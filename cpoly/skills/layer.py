@@ -121,7 +121,9 @@ class SkilledLinear(nn.Module):
             self.bottleneck = TaskBottleneck(n_tasks, r, c.bottleneck)
         if c.token_routed:
             # MixLoRA's router starts N(0, 0.02); the others keep nn.Linear's (HydraLoRA's, Kaiming-uniform)
-            self.gate = TokenGate(self.d_in, K, c.temperature, c.top_k, init_std=0.02 if c.method == "mixlora" else None)
+            self.gate = TokenGate(
+                self.d_in, K, c.temperature, c.top_k, init_std=0.02 if c.method == "mixlora" else None
+            )
         self._move_to(base_layer)
         self.train(base_layer.training)  # new submodules start in training mode; follow the model's mode
 

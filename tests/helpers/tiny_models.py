@@ -85,6 +85,19 @@ def t5_batch(texts=("hello world", "abc", "a longer input here")):
     return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
 
 
+def logits_and_generation(model, tasks=("task_b", "task_c", "task_a")):
+    """A skilled tiny T5's logits on `t5_batch()` and its beam-search generation (2 beams), routed by `tasks`."""
+    from cpoly import use_tasks
+
+    batch = t5_batch()
+    with use_tasks(model, list(tasks)):
+        logits = model(**batch).logits
+        tokens = model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=2, max_new_tokens=5
+        )
+    return logits, tokens
+
+
 def causal_batch(n: int = 3, length: int = 9):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 384, (n, length), generator=g)
