@@ -122,6 +122,14 @@ class TrainLoop:
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self._pending_tokens = torch.zeros((), dtype=torch.long, device=self.accelerator.device)
         self.aux_loss_coef = skill_state(self.unwrapped).config.aux_loss_coef
+        if self.aux_loss_coef and (self.trainer.grad_accum > 1 or self.accelerator.num_processes > 1):
+            log.warning(
+                "aux_loss_coef=%g: the load-balancing loss balances each micro-batch's tokens, so this run's result "
+                "depends on grad_accum=%d and %d processes (docs/methods.md); compare runs with the same split",
+                self.aux_loss_coef,
+                self.trainer.grad_accum,
+                self.accelerator.num_processes,
+            )
 
     @property
     def unwrapped(self) -> torch.nn.Module:
