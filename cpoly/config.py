@@ -21,7 +21,7 @@ from cpoly.data.jsonl import JsonlConfig
 from cpoly.data.superglue import SuperGLUEConfig
 from cpoly.data.superni import SuperNIConfig
 from cpoly.data.synthetic import SyntheticConfig
-from cpoly.skills.config import METHOD_DEFAULTS, SkillConfig, SkillConfigError
+from cpoly.skills.config import COMMON_DEFAULTS, METHOD_DEFAULTS, SkillConfig, SkillConfigError
 
 BENCHMARK_SCHEMAS = {
     "synthetic_schema": SyntheticConfig,
@@ -207,8 +207,7 @@ def skills_tag(
         "mixlora": f"e{k}",
     }.get(method, f"k{k}b{b}s{s}")
     tag = f"{parts}r{r}"
-    common = {"allocation": "bernoulli", "bottleneck": "none", "aux_loss_coef": 0.0, "top_k": None}
-    default = lambda name: d.get(name, common.get(name))  # noqa: E731
+    default = lambda name: d.get(name, COMMON_DEFAULTS.get(name))  # noqa: E731 (top_k: None)
     if task_weights is not None and task_weights != d.get("task_weights"):  # e.g. C-Poly's block W_B: wblock
         tag += f"w{task_weights}"
     if n_skills_a is not None and n_skills_a != d.get("n_skills_a", k):

@@ -278,17 +278,16 @@ def task_lora_factors(model: nn.Module, task: str | int) -> dict[str, tuple[torc
                 factors[name] = (a[0], b[0])
                 continue
             parts_a, parts_b = [], []
+            w = layer.shared_weights(batch)[0, 0] if layer.n_shared else None  # (K,)
             if layer.n_shared and config.asymmetric:  # x A (sum_k w_k B_k): rank r
-                w = layer.shared_weights(batch)[0, 0]  # (K,)
                 parts_a.append(layer.shared_A[0, 0])
                 parts_b.append(torch.einsum("k,kro->ro", w, layer.shared_B[0]))
             elif layer.n_shared:
-                w = layer.shared_weights(batch)[0, 0]  # (K,)
                 parts_a += [w[k] * layer.shared_A[0, k] for k in range(layer.n_shared)]
                 parts_b += [layer.shared_B[0, k] for k in range(layer.n_shared)]
             if layer.n_task:
                 task_A, task_B = layer.task_A, layer.task_B
-                t = int(batch.ids[0].clamp(min=0))
+                t = int(batch.rows[0])
                 w = layer.task_weights.full()[t].to(task_A.device)
                 if not batch.all_known:
                     w = torch.zeros_like(w)

@@ -232,14 +232,14 @@ class SkilledLinear(nn.Module):
         n = w.shape[0]
         if self.config.n_splits == 1:  # one matmul each over the flattened skills (einsum: more ops a call)
             w = w.view(n, self.n_shared)
+            mix_a = lambda: w @ self.shared_A.view(self.n_shared, -1)  # noqa: E731
             b = w @ self.shared_B.view(self.n_shared, -1)
-            if self.config.asymmetric:  # one A for every B: the same A~ for every example
-                return self.shared_A.view(1, -1).expand(n, -1), b
-            return w @ self.shared_A.view(self.n_shared, -1), b
-        b = torch.einsum("bqk,qkro->bqro", w, self.shared_B).reshape(n, -1)
-        if self.config.asymmetric:
+        else:
+            mix_a = lambda: torch.einsum("bqk,qkdr->bqdr", w, self.shared_A).reshape(n, -1)  # noqa: E731
+            b = torch.einsum("bqk,qkro->bqro", w, self.shared_B).reshape(n, -1)
+        if self.config.asymmetric:  # one A for every B: the same A~ for every example
             return self.shared_A.view(1, -1).expand(n, -1), b
-        return torch.einsum("bqk,qkdr->bqdr", w, self.shared_A).reshape(n, -1), b
+        return mix_a(), b
 
     def _add_task_mixture(
         self, batch: TaskBatch, a: torch.Tensor | None, b: torch.Tensor | None
@@ -267,8 +267,7 @@ class SkilledLinear(nn.Module):
         """Fixed and block weights: each example's own task's B skills gathered from the packed tensors,
         (b, S, B, d_in/S, r) and (b, S, B, r, d_out/S), zeros for an unknown task."""
         B = self.n_task
-        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
-        columns = (ids[:, None] * B + torch.arange(B, device=ids.device)).reshape(-1)  # (b*B,)
+        columns = (batch.rows[:, None] * B + torch.arange(B, device=batch.ids.device)).reshape(-1)  # (b*B,)
         own = []
         for skills in (self.task_A, self.task_B):
             picked = skills.index_select(1, columns).unflatten(1, (-1, B)).transpose(0, 1)  # (b, S, B, ...)

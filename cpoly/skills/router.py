@@ -74,6 +74,12 @@ class TaskBatch:
     def known(self) -> torch.Tensor:
         return self.ids >= 0
 
+    @property
+    def rows(self) -> torch.Tensor:
+        """The ids as row indices of per-task tensors: an unknown task (-1) reads row 0, which callers
+        then mask by `known`."""
+        return self.ids if self.all_known else self.ids.clamp(min=0)
+
     def to(self, device: torch.device) -> TaskBatch:
         if self.ids.device == device:
             return self
@@ -130,8 +136,7 @@ class SharedAllocation(nn.Module):
 
     def forward(self, batch: TaskBatch) -> torch.Tensor:
         """Mixing weights (b, S, K) for the shared skills."""
-        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
-        z = self.logits[ids].view(-1, self.n_splits, self.n_skills)
+        z = self.logits[batch.rows].view(-1, self.n_splits, self.n_skills)
         if self.kind == "softmax":
             w = F.softmax(z / self.temperature, dim=-1)
             if not batch.all_known:  # unknown tasks: uniform over the shared skills
@@ -200,8 +205,7 @@ class TaskSkillWeights(nn.Module):
     def forward(self, batch: TaskBatch) -> torch.Tensor:
         """Stored weights only: rows of `weight` for the batch, (b, T*B) dense or (b, B) block; zero rows
         for unknown tasks."""
-        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
-        rows = self.weight[ids]
+        rows = self.weight[batch.rows]
         if not batch.all_known:
             rows = rows * batch.known.unsqueeze(-1).to(rows.dtype)
         return rows
@@ -220,8 +224,7 @@ class TaskBottleneck(nn.Module):
 
     def forward(self, a: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         """a (b, d_in, r) -> a Lambda_t, each example by its own task's Lambda."""
-        ids = batch.ids if batch.all_known else batch.ids.clamp(min=0)
-        lam = self.weight[ids]
+        lam = self.weight[batch.rows]
         if not batch.all_known:
             identity = torch.eye(a.shape[-1], dtype=lam.dtype, device=lam.device)
             identity = identity if self.kind == "full" else identity.diagonal()
@@ -283,9 +286,3 @@ class GateStats:
         as routing concentrates. Only P carries a gradient (to the gate)."""
         n = max(self.tokens, 1)
         return self.routed.shape[0] * ((self.routed / n) * (self.probability / n)).sum()
-
-
-def load_balancing_loss(probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """The load-balancing loss of one set of tokens: gate probabilities (..., K) and each token's chosen
-    experts (..., k)."""
-    return GateStats.of(probs, chosen).loss()

@@ -6,9 +6,10 @@ of (seed, step), so a resumed run sees exactly the batches an uninterrupted run 
 DataLoader workers build the coming steps' batches while the model trains (`cpoly.train.batches`). The
 step's result does not depend on that split:
 - the loss is the sum of the token losses of every micro-batch of every process divided by the step's
-  total number of target tokens (counted, and all-reduced, before the first forward); token gates'
-  load-balancing loss (a mean over a micro-batch's tokens, `SkillConfig.aux_loss_coef` > 0) joins it
-  weighted by the micro-batch's share of those targets, and is logged as `train/aux_loss`;
+  total number of target tokens (counted, and all-reduced, before the first forward). Token gates'
+  load-balancing loss (`SkillConfig.aux_loss_coef` > 0) joins it weighted by the micro-batch's share of
+  those targets and is logged as `train/aux_loss`; it balances each micro-batch's own tokens, the one
+  term that does depend on the split (docs/methods.md);
 - routing noise belongs to the example: it is keyed by (seed, step, the example's position in the global
   batch), not drawn from the process's generator;
 - dropout masks come from a generator seeded by (seed, step, process), so processes draw their own.
@@ -235,11 +236,11 @@ class TrainLoop:
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
         )
 
-    def _zeros(self, *shape: int) -> torch.Tensor:
-        """A logging accumulator: float64 where the device has it, so the logged loss does not depend on
-        how many micro-batches were summed."""
+    def _window(self, loss: float = 0.0, n: float = 0.0, aux: float = 0.0) -> torch.Tensor:
+        """The logging accumulator (loss, targets, aux): float64 where the device has it, so the logged
+        loss does not depend on how many micro-batches were summed."""
         dtype = torch.float32 if self.accelerator.device.type == "mps" else torch.float64
-        return torch.zeros(shape, dtype=dtype, device=self.accelerator.device)
+        return torch.tensor([loss, n, aux], dtype=dtype, device=self.accelerator.device)
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> LoopState:
@@ -252,8 +253,8 @@ class TrainLoop:
             disable=not (t.progress_bar and acc.is_main_process),
         )
         first = acc.process_index == 0  # a restored window is the sum over processes: one of them holds it
-        held = [self.state.window_loss, self.state.window_n, self.state.window_aux] if first else [0.0] * 3
-        window = self._zeros(3) + torch.tensor(held, dtype=self._zeros().dtype, device=acc.device)
+        s = self.state
+        window = self._window(s.window_loss, s.window_n, s.window_aux) if first else self._window()
         started = time.perf_counter() - self.state.train_seconds
         batches = iter(self._batch_loader())
         try:
@@ -336,7 +337,7 @@ class TrainLoop:
                 {"loss": f"{mean_loss:.4f}"}
                 | {k.removeprefix("train/"): f"{v:.1e}" for k, v in learning_rates(self.optimizer).items()}
             )
-            window = self._zeros(3)
+            window = self._window()
         bar.update(1)
         if step % t.eval_every == 0 or step == t.max_steps:
             self._hold_window(window)
