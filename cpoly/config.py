@@ -111,7 +111,9 @@ class TrainerConfig:
     # (0: plain length sorting, least padding, few tasks per batch on SuperNI)
     min_task_mix: float = 0.9
     overfit_batches: int = 0  # > 0: train on the first N batches over and over (debug=overfit)
-    cpu: bool = False  # force CPU even where a GPU exists
+    # true: CPU even where a GPU exists; null: CPU processes where no CUDA device exists (several launched
+    # processes then form a gloo group); false: never ask Accelerate for CPU processes
+    cpu: bool | None = None
     cpu_threads: int | None = None  # torch intra-op threads on CPU (null: torch's default); 1 suits tiny models
     progress_bar: bool = True
     # DataLoader worker processes building the coming steps' batches (0: on the training thread), and how
@@ -342,11 +344,26 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.task_sampling={trainer.task_sampling!r}: must be proportional, uniform or temperature"
         )
+    _check_optimized_metric(cfg.get("optimized_metric"))
     if cfg.resume not in ("auto", "never", "must"):
         raise ConfigError(f"resume={cfg.resume!r}: must be auto (continue from last/ if there), never or must")
     if cfg.logger.name == "wandb" and cfg.logger.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.mode={cfg.logger.mode!r}: must be offline, online or disabled")
     _check_splits_fit_backbone(skill, backbone)
+
+
+def _check_optimized_metric(name: str | None) -> None:
+    """Selection reads the dev split only: `best/`, early stopping and sweeps never see the test split."""
+    if name is None:
+        return
+    prefix = "dev/avg/"
+    if not isinstance(name, str) or not name.startswith(prefix) or not name.removeprefix(prefix):
+        hint = (
+            "the test split is scored once, at the end, and never chooses anything"
+            if str(name).startswith(("test/", "val/"))
+            else "the macro average over tasks of one metric on the dev split"
+        )
+        raise ConfigError(f"optimized_metric={name!r}: must be dev/avg/<metric> (e.g. dev/avg/rougeL); {hint}")
 
 
 def _check_matching(method: MethodConfig, skill: SkillConfig) -> None:

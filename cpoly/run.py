@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from cpoly.atomic import atomic_write_text
@@ -36,7 +36,8 @@ from cpoly.logging import WandbLogger
 from cpoly.skills import SkillConfig, add_skills, count_parameters, enable_gradient_checkpointing
 from cpoly.skills.config import SkillConfigError
 from cpoly.skills.matching import Matching, adapted_shapes, match_parameters
-from cpoly.train.evaluation import evaluate
+from cpoly.train.evaluation import DEV_AVERAGE, evaluate
+from cpoly.train.launch import make_accelerator
 from cpoly.train.loop import LoopState, TrainingDiverged, TrainLoop
 from cpoly.train.ownership import own_run_folder
 from cpoly.train.preemption import PREEMPTED_EXIT_CODE, Preempted
@@ -46,23 +47,8 @@ from cpoly.train.resume import config_hash, resume_decision
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(cfg: DictConfig, find_unused_parameters: bool) -> Accelerator:
-    """Gradient accumulation is the loop's own (one normalisation over the whole step), not Accelerate's."""
-    trainer = cfg.trainer
-    cuda = torch.cuda.is_available() and not trainer.cpu
-    precision = trainer.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
-    return Accelerator(
-        cpu=trainer.cpu,
-        mixed_precision=precision,
-        kwargs_handlers=handlers,
-    )
-
-
 def check_routing_covers_eval(data: BenchmarkData, unknown_task: str) -> None:
-    unknown = sorted(set(data.eval_task_names) - set(data.task_names))
+    unknown = sorted({ex.task for ex in data.test + (data.dev or [])} - set(data.task_names))
     if unknown and unknown_task == "error":
         raise ConfigError(
             f"benchmark {data.name} evaluates {len(unknown)} tasks that are not trained (e.g. {unknown[0]}): "
@@ -140,23 +126,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     register_configs()
     check_config(cfg)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[assignment]
+    backbone_cfg = BackboneConfig.from_any(cfg.backbone).validate()
+    # The process group first: the folder's lock and every main-process decision read it (a launch whose
+    # processes are not one group is refused here, before any work).
+    # Tasks absent from a batch leave their encoder heads without gradient: DDP must be told.
+    accelerator = make_accelerator(
+        cfg.trainer.cpu, cfg.trainer.precision, find_unused_parameters=backbone_cfg.kind == "encoder"
+    )
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with own_run_folder(out):
-        return _train(cfg, config, out, wall_start)
+    with own_run_folder(out, is_main=accelerator.is_main_process):
+        return _train(cfg, config, out, wall_start, accelerator, backbone_cfg)
 
 
-def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    out: Path,
+    wall_start: float,
+    accelerator: Accelerator,
+    backbone_cfg: BackboneConfig,
+) -> dict[str, Any]:
     resume_point = resume_decision(cfg.resume, out, config)
     resume_state = resume_point.state if resume_point else None
     if resume_state is not None and resume_state["step"] >= cfg.trainer.max_steps and (out / "results.json").is_file():
         log.info("%s already finished at step %d; nothing to do", out, resume_state["step"])
         return json.loads((out / "results.json").read_text())
 
-    backbone_cfg = BackboneConfig.from_any(cfg.backbone).validate()
     method = to_object(cfg.method)
-    # Tasks absent from a batch leave their encoder heads without gradient: DDP must be told.
-    accelerator = make_accelerator(cfg, find_unused_parameters=backbone_cfg.kind == "encoder")
     if accelerator.device.type == "cpu" and cfg.trainer.cpu_threads:
         torch.set_num_threads(cfg.trainer.cpu_threads)
     set_seed(cfg.seed)
@@ -177,7 +174,9 @@ def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float
     if backbone_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
 
-    eval_examples = first_per_task(data.eval, cfg.trainer.max_eval_per_task)
+    # dev is scored at every evaluation (it picks best/), test once at the end
+    dev_examples = first_per_task(data.dev, cfg.trainer.max_eval_per_task)
+    test_examples = first_per_task(data.test, cfg.trainer.max_eval_per_task)
     tokenize = functools.partial(
         tokenize_examples,
         tokenizer=backbone.tokenizer,
@@ -189,7 +188,18 @@ def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float
     )
     with accelerator.main_process_first():  # one process tokenises, the others read its cache
         train_split = tokenize(data.train)
-        eval_split = tokenize(eval_examples, for_generation=not encoder)
+        dev_split = tokenize(dev_examples, for_generation=not encoder)
+        test_split = tokenize(test_examples, for_generation=not encoder)
+    scorer = functools.partial(
+        evaluate,
+        accelerator=accelerator,
+        metric=data.metric,
+        kind=backbone.kind,
+        tokenizer=backbone.tokenizer,
+        batch_size=cfg.trainer.eval_batch_size,
+        num_beams=backbone_cfg.num_beams,
+        max_new_tokens=backbone_cfg.max_new_tokens,
+    )
 
     is_main = accelerator.is_main_process
     if is_main:
@@ -208,9 +218,10 @@ def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float
         is_main=is_main,
         model=model,
         data=data,
-        eval_examples=eval_examples,
+        dev_examples=dev_examples,
+        test_examples=test_examples,
         wandb=wandb,
-        optimized_metric=cfg.optimized_metric or f"val/avg/{data.main_metric}",
+        optimized_metric=cfg.optimized_metric or f"{DEV_AVERAGE}{data.main_metric}",
         run_name=cfg.run_name,
     )
     if is_main:  # lines past the resumed step, or all of a killed attempt's lines that left no checkpoint
@@ -227,18 +238,7 @@ def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float
             seed=cfg.seed,
             output_dir=out,
             optimized_metric=reporter.optimized_metric,
-            evaluate=functools.partial(
-                evaluate,
-                accelerator=accelerator,
-                metric=data.metric,
-                examples=eval_examples,
-                kind=backbone.kind,
-                tokenizer=backbone.tokenizer,
-                dataset=eval_split.dataset,
-                batch_size=cfg.trainer.eval_batch_size,
-                num_beams=backbone_cfg.num_beams,
-                max_new_tokens=backbone_cfg.max_new_tokens,
-            ),
+            evaluate=functools.partial(scorer, examples=dev_examples, dataset=dev_split.dataset),
             on_log=reporter.on_log,
             on_eval=reporter.on_eval,
             checkpoint_extra=lambda: {"config": config, "config_hash": config_hash(config)},
@@ -247,6 +247,8 @@ def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float
             loop.restore(resume_point.directory)
         loop.state.wandb_run_id = wandb.run_id
         state = loop.fit()
+        test = loop.score_test(functools.partial(scorer, examples=test_examples, dataset=test_split.dataset))
+        reporter.on_test(test)
         run_info = {
             "run_name": cfg.run_name,
             "group": cfg.group,
@@ -263,9 +265,13 @@ def _train(cfg: DictConfig, config: dict[str, Any], out: Path, wall_start: float
             "world_size": accelerator.num_processes,
             "global_batch_size": to_object(cfg.trainer).global_batch_size(accelerator.num_processes),
             "batches": state.batch_mix(),
-            "tokenization": {"train": asdict(train_split.stats), "eval": asdict(eval_split.stats)},
+            "tokenization": {
+                "train": asdict(train_split.stats),
+                "dev": asdict(dev_split.stats),
+                "test": asdict(test_split.stats),
+            },
         }
-        results = reporter.results(state, run_info)
+        results = reporter.results(state, test, run_info)
         reporter.finish(results, wall_start)
         wandb.finish()
     except BaseException:
@@ -316,4 +322,4 @@ def main(cfg: DictConfig) -> float | None:
         # at the end: log every failure where it happens (console and the job's train.log).
         log.exception("run %s failed", cfg.get("run_name"))
         raise
-    return results["best"].get("avg", {}).get(results["optimized_metric"].removeprefix("val/avg/"))
+    return results["selection"]["value"]  # the dev score best/ was chosen by: what sweepers maximise

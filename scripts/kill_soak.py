@@ -74,7 +74,7 @@ def in_phase(phase: str, out: Path, eval_every: int, started_rows: int) -> bool:
     rows = logged_steps(out)[started_rows:]
     if phase == "eval":
         steps = [r.get("train/step") for r in rows if "train/loss" in r]
-        return bool(steps) and steps[-1] % eval_every == 0 and not any("val/avg" in str(r) for r in rows[-1:])
+        return bool(steps) and steps[-1] % eval_every == 0 and not any("dev/avg" in str(r) for r in rows[-1:])
     return False
 
 
@@ -114,7 +114,7 @@ def compare(a: Path, b: Path) -> list[str]:
     """What differs between two finished run folders (empty: identical)."""
     problems = []
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
-    for key in ("final", "best", "steps"):
+    for key in ("dev", "test", "selection", "steps"):
         if ra[key] != rb[key]:
             problems.append(f"results.json {key}: {ra[key]} != {rb[key]}")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731

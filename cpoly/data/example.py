@@ -49,11 +49,14 @@ class Example:
 
 @dataclass
 class BenchmarkData:
-    """What a benchmark loader returns: examples, the routing task list, and how to score."""
+    """What a benchmark loader returns: examples in three disjoint splits, the routing task list, and how
+    to score. `dev` is what every choice reads (periodic evaluation, `best/`, sweeps); `test` is scored
+    once at the end. A loader may leave `dev` as None: `cpoly.data.load_benchmark` then holds it out of
+    each task's training examples (`cpoly.data.splits.carve_dev`)."""
 
     name: str
     train: list[Example]
-    eval: list[Example]
+    test: list[Example]
     # Tasks that own a routing row, in task-id order. Eval tasks outside it are unknown tasks
     # (cross-task generalisation) and need `unknown_task: uniform`.
     task_names: list[str]
@@ -65,7 +68,8 @@ class BenchmarkData:
     skill_structure: dict[str, list[str]] | None = None
     # Protocol facts for results.json (task list file, splits used, skipped tasks, ...).
     info: dict[str, Any] = field(default_factory=dict)
+    dev: list[Example] | None = None
 
     @property
-    def eval_task_names(self) -> list[str]:
-        return sorted({ex.task for ex in self.eval})
+    def test_task_names(self) -> list[str]:
+        return sorted({ex.task for ex in self.test})

@@ -7,7 +7,9 @@ Each line (plain `.jsonl` or `.jsonl.gz`) is an object with
   default `<file stem>-<line>`), `group`, `prefix`. Other keys are ignored.
 
 Either `train_file` + `eval_file`, or one `file` split per task with `data_seed`: `eval_fraction` of each
-task's lines (rounded, at least 1 and at most all but 1 when the task has >= 2 lines) go to eval.
+task's lines (rounded, at least 1 and at most all but 1 when the task has >= 2 lines) go to eval (the test
+split). The dev split (what picks `best/`) is `dev_file` when given, else `n_dev_per_task` lines of each
+task held out of the training lines (`cpoly.data.splits`).
 Relative paths are looked up under `data_dir` first, then the working directory.
 
 Routing tasks (`task_names`): `tasks` when given (others are dropped), else the sorted training tasks. Eval
@@ -44,6 +46,10 @@ class JsonlConfig:
     eval_file: str | None = None
     file: str | None = None  # instead of train_file + eval_file: one file split per task
     eval_fraction: float = 0.1
+    # The dev split (periodic evaluation, best/, sweeps): a file of its own, else n_dev_per_task lines (groups)
+    # of each task held out of the training lines with data_seed
+    dev_file: str | None = None
+    n_dev_per_task: int = 10
     tasks: list[str] | None = None  # null: every training task, sorted
     metric: str = "auto"  # auto | superni | classification | synthetic | superglue
     main_metric: str | None = None  # null: the metric's main key
@@ -66,6 +72,11 @@ def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
         eval_path = _resolve(cfg.eval_file, data_dir, "eval_file")
         train, evaluation = _read_examples(train_path, ids), _read_examples(eval_path, ids)
         files = {"train_file": str(train_path), "eval_file": str(eval_path)}
+    dev = None  # None: cpoly.data.load_benchmark holds n_dev_per_task lines of each task out of train
+    if cfg.dev_file:
+        dev_path = _resolve(cfg.dev_file, data_dir, "dev_file")
+        dev = _read_examples(dev_path, ids)
+        files["dev_file"] = str(dev_path)
     train_tasks = sorted({ex.task for ex in train})
     if cfg.tasks is not None:
         missing = [t for t in cfg.tasks if t not in train_tasks]
@@ -74,13 +85,14 @@ def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
         task_names = list(cfg.tasks)
         train = [ex for ex in train if ex.task in task_names]
         evaluation = [ex for ex in evaluation if ex.task in task_names]
+        dev = None if dev is None else [ex for ex in dev if ex.task in task_names]
     else:
         task_names = train_tasks
     if not train:
         raise DataError(f"no training examples in {files}")
     metric = cfg.metric
     if metric == "auto":
-        metric = "classification" if all(ex.choices for ex in train + evaluation) else "superni"
+        metric = "classification" if all(ex.choices for ex in train + evaluation + (dev or [])) else "superni"
     info = {
         **files,
         "tasks": task_names,
@@ -92,7 +104,8 @@ def load_jsonl(cfg: JsonlConfig, data_dir: Path | str | None) -> BenchmarkData:
     return BenchmarkData(
         name=cfg.name,
         train=train,
-        eval=evaluation,
+        test=evaluation,
+        dev=dev,
         task_names=task_names,
         metric=metric,
         main_metric=cfg.main_metric or DEFAULT_MAIN_METRIC[metric],

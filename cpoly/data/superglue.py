@@ -48,7 +48,10 @@ class SuperGLUEConfig:
     data_seed: int = 42  # seed of the caps and of train_from_validation; separate from the training seed
     tasks: list[str] | None = None  # null: the seven tasks, plus record when its files exist
     n_train_per_task: int | None = None  # null: all
-    n_eval_per_task: int | None = None  # null: the whole validation split (official)
+    n_eval_per_task: int | None = None  # the test split; null: the whole validation split (official)
+    # The dev split (periodic evaluation, best/, sweeps): held out of each task's training examples (after the
+    # n_train_per_task cap; MultiRC: questions), since the validation split is the test split
+    n_dev_per_task: int = 50
     train_from_validation: bool = False
     validation_train_fraction: float = 0.5
     hub_dataset: str = HUB_DATASET  # used only without a local folder and with the Hub online
@@ -95,7 +98,7 @@ def load_superglue(cfg: SuperGLUEConfig, data_dir: Path | str | None) -> Benchma
     return BenchmarkData(
         name=cfg.name,
         train=train,
-        eval=evaluation,
+        test=evaluation,
         task_names=task_names,
         metric="superglue",
         main_metric="score",

@@ -65,7 +65,10 @@ class SuperNIConfig:
     data_seed: int = 42
     n_tasks: int | None = 100  # null: every eligible task of the pool
     n_train_per_task: int = 1000
-    n_eval_per_task: int = 100
+    n_eval_per_task: int = 100  # the test split
+    # The dev split (periodic evaluation, best/, sweeps): held out of each training task's n_train_per_task
+    # drawn instances (cpoly.data.splits), never out of its evaluation instances
+    n_dev_per_task: int = 10
     task_list: str | None = None  # file with one task name per line; replaces the draw
     # Official default-split lists whose tasks may be drawn (train | test | excluded). The default keeps the
     # 119 test tasks out, so they stay unseen for cross-task evaluation, and adds the English tasks of the
@@ -111,7 +114,7 @@ def load_superni(cfg: SuperNIConfig, data_dir: Path | str | None) -> BenchmarkDa
     return BenchmarkData(
         name=cfg.name,
         train=train,
-        eval=evaluation,
+        test=evaluation,
         task_names=task_names,
         metric="superni",
         main_metric="rougeL",

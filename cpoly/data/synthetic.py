@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cpoly.data.example import BenchmarkData, Example
+from cpoly.data.io import seeded_rng
 
 VOWELS = "aeiou"
 
@@ -115,7 +116,10 @@ class SyntheticConfig:
     data_seed: int = 42
     n_tasks: int = 10
     n_train_per_task: int = 400
-    n_eval_per_task: int = 50
+    n_eval_per_task: int = 50  # the test split
+    # The dev split (periodic evaluation, best/, sweeps): words of their own, disjoint from train and test,
+    # drawn after them, so train and test are the words they were before dev existed.
+    n_dev_per_task: int = 50
     # Input words are drawn uniformly from `alphabet` with a length in [min_length, max_length].
     min_length: int = 3
     max_length: int = 5
@@ -148,6 +152,7 @@ class SyntheticConfig:
         need(self.n_tasks >= 1, f"n_tasks must be >= 1, got {self.n_tasks}")
         need(self.n_train_per_task >= 1, f"n_train_per_task must be >= 1, got {self.n_train_per_task}")
         need(self.n_eval_per_task >= 0, f"n_eval_per_task must be >= 0, got {self.n_eval_per_task}")
+        need(self.n_dev_per_task >= 1, f"n_dev_per_task must be >= 1 (dev picks best/), got {self.n_dev_per_task}")
         need(
             1 <= self.min_length <= self.max_length,
             f"need 1 <= min_length <= max_length, got min_length={self.min_length}, max_length={self.max_length}",
@@ -287,6 +292,7 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
 
     train: list[Example] = []
     evaluation: list[Example] = []
+    dev: list[Example] = []
     n_total = cfg.n_train_per_task + cfg.n_eval_per_task
     for task, skills, table in zip(task_names, skill_sets, tables, strict=True):
         # Distinct input words per task, so eval measures generalisation rather than recall.
@@ -313,11 +319,13 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
                 id=f"{task}/{split}/{number}",
             )
             (train if split == "train" else evaluation).append(example)
+        dev += _dev_examples(cfg, task, skills, table, taken=seen)
 
     return BenchmarkData(
         name=cfg.name,
         train=train,
-        eval=evaluation,
+        test=evaluation,
+        dev=dev,
         task_names=task_names,
         metric=cfg.metric,
         main_metric=cfg.main_metric,
@@ -326,8 +334,41 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
             "generator": "cpoly.data.synthetic",
             "config": asdict(cfg),
             "private_substitutions": {task: table for task, table in zip(task_names, tables, strict=True) if table},
+            "dev": {"source": "words of its own, disjoint from train and test", "n_dev_per_task": cfg.n_dev_per_task},
         },
     )
+
+
+def _dev_examples(
+    cfg: SyntheticConfig, task: str, skills: Sequence[str], table: Mapping[str, str], taken: set[str]
+) -> list[Example]:
+    """`n_dev_per_task` distinct words of `task` that are in neither its train nor its test split, from a
+    generator of their own (seeded by data_seed and the task), so the benchmark's train and test words do
+    not depend on the dev split's size."""
+    rng = seeded_rng(cfg.data_seed, task, "dev")
+    words: list[str] = []
+    seen = set(taken)
+    for _ in range(200 * cfg.n_dev_per_task):
+        if len(words) == cfg.n_dev_per_task:
+            break
+        word = _random_word(rng, cfg)
+        if word not in seen and task_target(word, skills, table, cfg.alphabet):
+            seen.add(word)
+            words.append(word)
+    if len(words) < cfg.n_dev_per_task:
+        raise ValueError(
+            f"benchmark (synthetic): only {len(words)} more distinct inputs exist for task {task!r} beside its "
+            f"train and test words, need n_dev_per_task={cfg.n_dev_per_task}; widen the alphabet or the lengths"
+        )
+    return [
+        Example(
+            task=task,
+            source=cfg.source_template.format(input=word, task=task),
+            target=task_target(word, skills, table, cfg.alphabet),
+            id=f"{task}/dev/{number}",
+        )
+        for number, word in enumerate(words)
+    ]
 
 
 def true_similarity(task_names: Sequence[str], skill_structure: Mapping[str, Sequence[str]]) -> np.ndarray:

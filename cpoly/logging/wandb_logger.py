@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 STEP_METRIC = "train/step"
 MODES = ("online", "offline", "disabled")
 SKILL_COUNTS = ("n_skills", "n_task_skills", "n_splits", "rank")
-BEST_KEPT_PREFIX = "val/avg/"  # the summary keeps the maximum of these keys, not the last value
+BEST_KEPT_PREFIX = "dev/avg/"  # the summary keeps the maximum of these keys (the dev score best/ was chosen by)
 
 
 @dataclasses.dataclass
@@ -163,12 +163,12 @@ class WandbLogger:
     def _define_metrics(self) -> None:
         run = self._run
         run.define_metric(STEP_METRIC)
-        for pattern in ("train/*", "val/*", "alloc/*"):
+        for pattern in ("train/*", "dev/*", "alloc/*"):
             run.define_metric(pattern, step_metric=STEP_METRIC)
 
     def _keep_best(self, keys: Iterable[str]) -> None:
         """Metric values are percentages, higher is better: the summary keeps each macro average's
-        maximum. Defined by name as a key first appears, because a `val/avg/*` glob beside `val/*` is
+        maximum. Defined by name as a key first appears, because a `dev/avg/*` glob beside `dev/*` is
         unreliable: wandb-core applies either of two matching globs, at random from run to run."""
         for key in keys:
             if key.startswith(BEST_KEPT_PREFIX) and key not in self._best_kept:

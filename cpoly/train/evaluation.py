@@ -1,4 +1,4 @@
-"""Evaluation: predict every eval example (generation or classification), score per task.
+"""Evaluation: predict every example of a split (generation or classification), score per task.
 
 Each process predicts its share of the examples; the predictions are gathered by example index, so
 the scores are those of a single-process run. A sharded model (FSDP2) is gathered whole for the
@@ -21,6 +21,11 @@ from cpoly.data.sampling import eval_batches
 from cpoly.distributed import full_parameters
 from cpoly.eval import score_by_task
 from cpoly.skills import use_tasks
+
+
+# Metric keys: `dev/<task>/<metric>` and `dev/avg/<metric>` (every evaluation), `test/<final|best>/...` (once,
+# at the end). Selection reads dev only: `optimized_metric` is a `dev/avg/<metric>` key.
+DEV_AVERAGE = "dev/avg/"
 
 
 @dataclass

@@ -5,15 +5,75 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
+import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from torch import nn
 
 from cpoly.config import ConfigError
 from cpoly.distributed import share_embedding_modules
 
 log = logging.getLogger(__name__)
+
+
+# Where launchers say how many processes they started: torchrun / accelerate launch, then MPI's (the
+# variables Accelerate itself reads to decide on a CPU process group).
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
+    """How many processes the launcher started, by its environment (1 when no launcher says)."""
+    for name in WORLD_SIZE_VARIABLES:
+        if environ.get(name, "").strip():
+            try:
+                return int(environ[name])
+            except ValueError:
+                raise ConfigError(f"{name}={environ[name]!r} in the environment: not a process count") from None
+    return 1
+
+
+def use_cpu(trainer_cpu: bool | None, environ: Mapping[str, str] = os.environ) -> bool:
+    """`trainer.cpu`: true runs on the CPU even where a GPU exists; null (the default) does too where no CUDA
+    device exists and the launcher started several processes, so that they form one CPU (gloo) process group
+    (Accelerate forms one only when told it runs on the CPU); false never asks for CPU processes."""
+    if trainer_cpu is not None:
+        return trainer_cpu
+    return launched_processes(environ) > 1 and not torch.cuda.is_available()
+
+
+def check_process_group(accelerator: Accelerator, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse, before any work, a launch whose processes are not one process group: each would run the whole
+    job alone, write the same run folder and report a world size of 1."""
+    launched = launched_processes(environ)
+    if launched == accelerator.num_processes:
+        return
+    where = ", ".join(f"{k}={environ[k]}" for k in (*WORLD_SIZE_VARIABLES, "RANK", "LOCAL_RANK") if k in environ)
+    raise ConfigError(
+        f"the launcher started {launched} processes ({where}) but Accelerate formed a group of "
+        f"{accelerator.num_processes} ({accelerator.distributed_type.value} on {accelerator.device}): each process "
+        "would run the whole job alone. On CPU processes leave trainer.cpu unset (null) or set trainer.cpu=true; "
+        "on GPUs check that every process sees its device (docs/distributed.md)"
+    )
+
+
+def make_accelerator(
+    cpu: bool | None, precision: str, find_unused_parameters: bool, environ: Mapping[str, str] = os.environ
+) -> Accelerator:
+    """The run's Accelerator, checked to be one process group with as many processes as were launched.
+    Gradient accumulation is the loop's own (one normalisation over the whole step), not Accelerate's."""
+    cpu = use_cpu(cpu, environ)
+    cuda = torch.cuda.is_available() and not cpu
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
+    check_process_group(accelerator, environ)
+    return accelerator
 
 
 def requested_backend() -> DistributedType | None:

@@ -14,8 +14,10 @@ step's result does not depend on that split:
   batch), not drawn from the process's generator;
 - dropout masks come from a generator seeded by (seed, step, process), so processes draw their own.
 Every trainable tensor is stepped every step (those no example used get a zero gradient), the rule of
-`docs/design-decisions.md`. Evaluation runs every `eval_every` steps and at the end; `last/` (adapters +
-trainer state) is written after every evaluation, `best/` when the optimised metric improves.
+`docs/design-decisions.md`. Evaluation scores the dev split every `eval_every` steps and at the end; `last/`
+(adapters + trainer state) is written after every evaluation, `best/` when the optimised dev metric
+improves. Once the loop is done, `score_test` scores the test split twice: the final adapters and
+`best/`'s (the step dev chose); nothing is ever chosen on test.
 """
 
 from __future__ import annotations
@@ -41,12 +43,22 @@ from cpoly.data.sampling import MultiTaskBatchSampler
 from cpoly.skills import pop_aux_loss, skill_state, use_tasks
 from cpoly.train.batches import StepBatches, step_loader
 from cpoly.train.checkpoint import restore_checkpoint, save_checkpoint
-from cpoly.train.evaluation import Evaluation
+from cpoly.skills.io import load_skill_tensors
+from cpoly.train.evaluation import DEV_AVERAGE, Evaluation
 from cpoly.train.launch import prepare_backend
 from cpoly.train.optim import build_optimizer, build_scheduler, fill_missing_grads, learning_rates
 from cpoly.train.preemption import Preempted, stop_on_signals
 
 log = logging.getLogger(__name__)
+
+
+def selection_value(evaluation: Evaluation, optimized_metric: str) -> float:
+    """The dev score `best/` is chosen by (the macro average `optimized_metric` names)."""
+    key = optimized_metric.removeprefix(DEV_AVERAGE)
+    averages = evaluation.scores["avg"]
+    if key not in averages:
+        raise KeyError(f"optimized_metric={optimized_metric}: the metric gives {sorted(averages)}, not {key!r}")
+    return averages[key]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -65,8 +77,8 @@ class LoopState:
     step: int = 0  # optimizer steps done
     best_value: float | None = None
     best_step: int | None = None
-    best_scores: dict[str, dict[str, float]] | None = None
-    last_scores: dict[str, dict[str, float]] | None = None  # the latest evaluation
+    best_scores: dict[str, dict[str, float]] | None = None  # dev, at best_step
+    last_scores: dict[str, dict[str, float]] | None = None  # dev, the latest evaluation
     wandb_run_id: str | None = None
     train_seconds: float = 0.0  # wall time of the loop so far, evaluations included (across resumes)
     step_seconds: float = 0.0  # wall time of the optimizer steps (waiting for their batches included)
@@ -106,8 +118,8 @@ class TrainLoop:
     collator: Collator
     seed: int
     output_dir: Path
-    optimized_metric: str  # e.g. "val/avg/rougeL"
-    evaluate: Callable[[torch.nn.Module], Evaluation]
+    optimized_metric: str  # a dev average, e.g. "dev/avg/rougeL"
+    evaluate: Callable[[torch.nn.Module], Evaluation]  # scores the dev split
     on_log: Callable[[dict[str, float], int], None]
     on_eval: Callable[[Evaluation, int, bool], None]  # (evaluation, step, is_best)
     checkpoint_extra: Callable[[], dict[str, Any]] = lambda: {}
@@ -386,8 +398,7 @@ class TrainLoop:
         self._count_tokens()
         evaluation = self.evaluate(self.unwrapped)
         self.state.last_scores = evaluation.scores
-        key = self.optimized_metric.removeprefix("val/avg/")
-        value = evaluation.scores["avg"][key]
+        value = selection_value(evaluation, self.optimized_metric)
         is_best = self.state.best_value is None or value > self.state.best_value
         if is_best:
             self.state.best_value, self.state.best_step, self.state.best_scores = value, step, evaluation.scores
@@ -396,3 +407,19 @@ class TrainLoop:
         self._checkpoint(self.output_dir / "last", with_state=True)
         self._saved_at = time.monotonic()
         self.accelerator.wait_for_everyone()
+
+    # -- the test split ---------------------------------------------------------------------------
+    def score_test(self, evaluate: Callable[[torch.nn.Module], Evaluation]) -> dict[str, Evaluation]:
+        """The test split, scored once the loop is done: `final` (the adapters of the last step) and `best`
+        (`best/`'s, the step the dev split chose; the same evaluation when that is the last step). Every
+        process calls it; the model ends holding the final adapters again."""
+        model = self.unwrapped
+        final = evaluate(model)
+        if self.state.best_step is None or self.state.best_step == self.state.step:
+            return {"final": final, "best": final}
+        load_skill_tensors(model, self.output_dir / "best")
+        try:
+            best = evaluate(model)
+        finally:
+            load_skill_tensors(model, self.output_dir / "last")
+        return {"final": final, "best": best}

@@ -3,7 +3,8 @@ folder and the process that holds it named, instead of both writing checkpoints 
 
 The lock is an OS file lock (`filelock`), so it is released whenever its process ends, by a crash or a
 `kill -9` too: a stale lock never blocks a resume. With several processes (torchrun, Accelerate) the
-first rank holds it for the run.
+main process of the run's process group holds it for all of them (`is_main`: the Accelerator's word, the
+same source every other main-process decision reads, never the environment's RANK).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class RunFolderBusy(ConfigError):
 
 
 @contextlib.contextmanager
-def own_run_folder(folder: Path) -> Iterator[None]:
-    if int(os.environ.get("RANK", "0")) != 0:  # the first process holds it for all of them
+def own_run_folder(folder: Path, is_main: bool) -> Iterator[None]:
+    if not is_main:  # the main process holds it for all of them
         yield
         return
     lock = FileLock(folder / LOCK_NAME, timeout=0)

@@ -24,7 +24,7 @@ from cpoly.logging.dendrogram import cophenetic_agreement, plot_dendrograms
 from cpoly.skills import Allocation, allocation_matrix
 from cpoly.skills.usage import exclusive_skill_usage
 from cpoly.train.evaluation import Evaluation
-from cpoly.train.loop import LoopState
+from cpoly.train.loop import LoopState, selection_value
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ class RunReporter:
     is_main: bool
     model: torch.nn.Module
     data: BenchmarkData
-    eval_examples: list[Example]
+    dev_examples: list[Example]
+    test_examples: list[Example]
     wandb: WandbLogger
-    optimized_metric: str  # e.g. "val/avg/rougeL"
+    optimized_metric: str  # a dev average, e.g. "dev/avg/rougeL"
     run_name: str
     metrics_log: MetricsLog = field(init=False)
 
@@ -75,11 +76,11 @@ class RunReporter:
                 self._report_evaluation(evaluation, step, is_best)
 
     def _report_evaluation(self, evaluation: Evaluation, step: int, is_best: bool) -> None:
-        metrics = {f"val/{task}/{k}": v for task, scores in evaluation.scores.items() for k, v in scores.items()}
+        metrics = {f"dev/{task}/{k}": v for task, scores in evaluation.scores.items() for k, v in scores.items()}
         metrics["train/step"] = step
         self.metrics_log.log(metrics, step)
         self.wandb.log(metrics, step)
-        self._write_predictions(evaluation.predictions)
+        self._write_predictions(self.dev_examples, evaluation.predictions, "predictions_dev.jsonl")
         if self.has_allocation:
             allocation = allocation_matrix(self.model)
             png = plot_allocation(allocation, self.out / "allocation.png", title=f"{self.run_name} step {step}")
@@ -89,17 +90,24 @@ class RunReporter:
             )
             self.wandb.log_image("alloc/dendrogram", tree, step)
             self.wandb.log_allocation(allocation, step, png)
-        value = evaluation.scores["avg"][self.optimized_metric.removeprefix("val/avg/")]
+        value = selection_value(evaluation, self.optimized_metric)
         log.info("step %d: %s = %.4f%s", step, self.optimized_metric, value, " (best)" if is_best else "")
 
-    def _write_predictions(self, predictions: list[str]) -> None:
+    def on_test(self, test: dict[str, Evaluation]) -> None:
+        """The test split's predictions, of the final adapters and of best/'s (only the main process writes)."""
+        if not self.is_main:
+            return
+        self._write_predictions(self.test_examples, test["final"].predictions, "predictions.jsonl")
+        self._write_predictions(self.test_examples, test["best"].predictions, "predictions_best.jsonl")
+
+    def _write_predictions(self, examples: list[Example], predictions: list[str], name: str) -> None:
         lines = (
             json.dumps(
                 {"task": ex.task, "id": ex.id, "source": ex.prompt, "prediction": p, "references": ex.references}
             )
-            for ex, p in zip(self.eval_examples, predictions, strict=True)
+            for ex, p in zip(examples, predictions, strict=True)
         )
-        atomic_write_text(self.out / "predictions.jsonl", "\n".join(lines) + "\n")
+        atomic_write_text(self.out / name, "\n".join(lines) + "\n")
 
     def skill_recovery(self, allocation: Allocation | None) -> float | None:
         """Synthetic benchmark: how well the learned allocation reflects the true skill structure."""
@@ -111,7 +119,7 @@ class RunReporter:
 
     def majority_baseline(self) -> dict[str, Any] | None:
         """Classification benchmarks: the scores of always answering each task's most frequent label."""
-        scores = majority_baseline(self.data.metric, self.data.train, self.eval_examples)
+        scores = majority_baseline(self.data.metric, self.data.train, self.test_examples)
         return split_average(scores) if scores else None
 
     def allocation_record(self, allocation: Allocation | None) -> dict[str, Any] | None:
@@ -142,17 +150,31 @@ class RunReporter:
             record["tree_agreement"] = round(agreement, 4) if math.isfinite(agreement) else None
         return record
 
-    def results(self, state: LoopState, run_info: dict[str, Any]) -> dict[str, Any]:
+    def results(self, state: LoopState, test: dict[str, Evaluation], run_info: dict[str, Any]) -> dict[str, Any]:
         """`results.json`'s content: `run_info` (names, parameters, protocol facts) plus the outcome; every
-        process calls it (a sharded model's parameters are gathered)."""
+        process calls it (a sharded model's parameters are gathered). `dev` and `test` each hold `final`
+        (the last step's adapters) and `best` (best/'s: the step `selection` names, chosen on dev)."""
         with full_parameters(self.model):
             allocation = allocation_matrix(self.model) if self.has_allocation else None
             exclusive = exclusive_skill_usage(self.model)
         return {
             **run_info,
             "optimized_metric": self.optimized_metric,
-            "final": {"step": state.step, **split_average(state.last_scores)},
-            "best": {"step": state.best_step, **split_average(state.best_scores)},
+            "selection": {
+                "split": "dev",
+                "metric": self.optimized_metric,
+                "rule": "max",
+                "step": state.best_step,
+                "value": state.best_value,
+            },
+            "dev": {
+                "final": {"step": state.step, **split_average(state.last_scores)},
+                "best": {"step": state.best_step, **split_average(state.best_scores)},
+            },
+            "test": {
+                "final": {"step": state.step, **split_average(test["final"].scores)},
+                "best": {"step": state.best_step, **split_average(test["best"].scores)},
+            },
             "skill_recovery": self.skill_recovery(allocation),
             "exclusive_skills": exclusive,
             "majority_baseline": self.majority_baseline(),
@@ -161,12 +183,15 @@ class RunReporter:
             "train_seconds": round(state.train_seconds, 2),
             "status": "finished",
             "n_train": len(self.data.train),
-            "n_eval": len(self.eval_examples),
+            "n_dev": len(self.dev_examples),
+            "n_test": len(self.test_examples),
             "tasks": self.data.task_names,
             "benchmark_info": self.data.info,
             "wandb_run_id": self.wandb.run_id,
             "paths": {
                 "predictions": "predictions.jsonl",
+                "predictions_best": "predictions_best.jsonl",
+                "predictions_dev": "predictions_dev.jsonl",
                 "allocation_png": "allocation.png" if self.has_allocation else None,
                 "dendrogram_png": "dendrogram.png" if self.has_allocation else None,
                 "best": "best",
@@ -181,9 +206,16 @@ class RunReporter:
             return
         write_results(self.out / "results.json", results)
         summary = {f"params/{k}": v for k, v in results["parameters"].items()}
-        for when in ("final", "best"):  # the last evaluation's averages and the best step's
-            summary |= {f"{when}/{k}": v for k, v in results[when]["avg"].items()}
-            summary[f"{when}/step"] = results[when]["step"]
+        for split in ("dev", "test"):  # final and best (the dev-selected step) of both splits
+            for when in ("final", "best"):
+                scores = results[split][when]
+                summary |= {f"{split}/{when}/avg/{k}": v for k, v in scores["avg"].items()}
+                if split == "test":
+                    summary |= {
+                        f"test/{when}/{task}/{k}": v for task, per in scores["per_task"].items() for k, v in per.items()
+                    }
+        summary["selection/step"] = results["selection"]["step"]
+        summary["selection/value"] = results["selection"]["value"]
         if results["skill_recovery"] is not None:
             summary["skill_recovery"] = results["skill_recovery"]
         self.wandb.summary(summary)
@@ -191,18 +223,29 @@ class RunReporter:
 
 
 def summary_text(results: dict[str, Any], out: Path) -> str:
-    """The closing console summary: per-task scores, their average, and where the outputs are."""
+    """The closing console summary: the test split's per-task scores and average (final adapters), the test
+    average at the step dev chose, the dev averages, and where the outputs are."""
     main_metric = results["main_metric"]
-    per_task = results["final"]["per_task"]
-    width = max((len(t) for t in per_task), default=4)
-    metrics = list(results["final"]["avg"])
+    test = results["test"]
+    per_task = test["final"]["per_task"]
+    width = max([len(t) for t in per_task] + [len("test, best on dev")])
+    metrics = list(test["final"]["avg"])
     row = lambda name, scores: (
         f"  {name:{width}s}  " + "  ".join(f"{scores.get(m, float('nan')):15.2f}" for m in metrics)
     )  # noqa: E731
     lines = [f"\n{results['run_name']}: {results['steps']} steps in {results['train_seconds']:.0f}s"]
-    lines.append(f"  {'task':{width}s}  " + "  ".join(f"{m:>15s}" for m in metrics))
+    lines.append(f"  {'test split, final':{width}s}  " + "  ".join(f"{m:>15s}" for m in metrics))
     lines += [row(task, scores) for task, scores in sorted(per_task.items())]
-    lines.append(row("average", results["final"]["avg"]))
+    lines.append(row("average", test["final"]["avg"]))
+    lines.append(row("test, best on dev", test["best"]["avg"]))
+    lines.append(row("dev, final", results["dev"]["final"]["avg"]))
+    if results.get("majority_baseline"):
+        lines.append(row("majority class", results["majority_baseline"]["avg"]))
+    selection = results["selection"]
+    lines.append(
+        f"  best/: step {selection['step']}, chosen on {selection['metric']} = {selection['value']:.2f}; "
+        f"its test {main_metric} {test['best']['avg'].get(main_metric, float('nan')):.2f}"
+    )
     if results["skill_recovery"] is not None:
         lines.append(f"  skill_recovery (allocation vs true skill structure): {results['skill_recovery']:.3f}")
     if results.get("allocation") and results["allocation"]["true_entropy"] is not None:
@@ -223,12 +266,8 @@ def summary_text(results: dict[str, Any], out: Path) -> str:
             f"  reliance on exclusive skills {usage['reliance']:.3f}"
             + ("" if own is None else f", W_B weight on the task's own skills {own:.3f}")
         )
-    if results.get("majority_baseline"):
-        lines.append(row("majority class", results["majority_baseline"]["avg"]))
-    best = results["best"].get("avg", {}).get(main_metric, float("nan"))
-    lines.append(f"  {main_metric} best {best:.2f} at step {results['best']['step']}")
     lines.append(f"results: {out / 'results.json'}")
-    lines.append(f"predictions: {out / 'predictions.jsonl'}")
+    lines.append(f"predictions (test): {out / 'predictions.jsonl'}")
     if results["paths"]["allocation_png"]:
         lines.append(f"allocation heatmap: {out / 'allocation.png'}")
         lines.append(f"task dendrogram: {out / 'dendrogram.png'}")
