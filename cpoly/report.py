@@ -117,7 +117,8 @@ class GroupSummary:
     backbone: str
     method: str
     metric: str
-    which: str
+    which: str  # final (the last step's adapters) or best (best/'s: the step the dev split chose)
+    split: str = "test"  # the split the scores are of: test, or dev (the split that chose best/)
     seeds: list[Any] = field(default_factory=list)
     values: list[float] = field(default_factory=list)  # the average metric of each seed that has it
     per_task: dict[str, list[float]] = field(default_factory=dict)
@@ -133,6 +134,12 @@ class GroupSummary:
 
     def __post_init__(self) -> None:
         self.label = self.label or self.group
+
+    @property
+    def scores_label(self) -> str:
+        """Which split and which selection the scores are, as every table and figure says it."""
+        which = "final adapters" if self.which == "final" else "best/ (the step chosen on dev)"
+        return f"{self.split} split, {which}"
 
     @property
     def n(self) -> int:
@@ -284,9 +291,11 @@ def read_config(results_path: str | Path, warn=_stderr) -> dict[str, Any] | None
 
 def load_runs(paths: Iterable[str | Path], warn=_stderr) -> list[dict[str, Any]]:
     """The finished runs below `paths`; unreadable files and unfinished runs are reported and skipped.
-    Each run gets `_path` and `_config` (its flattened config_resolved.yaml, or None)."""
-    runs = []
-    for path in find_results(paths):
+    Each run gets `_path` and `_config` (its flattened config_resolved.yaml, or None). A `.csv` path is a
+    per-run table written by `--format csv` (`read_runs_csv`)."""
+    paths = [Path(p) for p in paths]
+    runs = [run for p in paths if p.suffix == ".csv" for run in read_runs_csv(p)]
+    for path in find_results(p for p in paths if p.suffix != ".csv"):
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
@@ -296,8 +305,97 @@ def load_runs(paths: Iterable[str | Path], warn=_stderr) -> list[dict[str, Any]]
         if status != "finished":
             warn(f"skipped {path}: status {status!r}")
             continue
+        if "test" not in run:
+            warn(f"skipped {path}: written before the dev split (no 'test' section; its best/ was chosen on test)")
+            continue
         run["_path"] = str(path)
         run["_config"] = read_config(path, warn=warn)
+        runs.append(run)
+    return runs
+
+
+# ------------------------------------------------------------------------------------------ per-run CSV
+
+# The columns of a per-run table before the varying config keys and the scores (`--format csv`).
+RUN_COLUMNS = [
+    "group", "benchmark", "backbone", "method", "seed", "main_metric", "selection_metric", "selection_step",
+    "steps", "trainable", "total", "skill_recovery", "train_seconds", "wall_time_s", "git_sha",
+]  # fmt: skip
+SPLITS = ("dev", "test")
+WHICH = ("final", "best")
+
+
+def runs_frame(runs: Sequence[dict[str, Any]]):
+    """One row per run (a pandas DataFrame): who it is, the config keys that differ between the runs
+    (`config:<key>`), the dev and test averages of every metric, final and best (`<split>/<which>/avg/<m>`),
+    the test split's per-task scores (`test/<which>/<task>/<m>`), wall time and git SHA."""
+    import pandas as pd
+
+    configs = [run_config(run) for run in runs]
+    keys = differing_keys(configs)
+    rows = []
+    for run, config in zip(runs, configs, strict=True):
+        parameters = run.get("parameters") or {}
+        selection = run.get("selection") or {}
+        row: dict[str, Any] = {
+            "group": group_name(run),
+            **{k: run.get(k) for k in ("benchmark", "backbone", "method", "seed", "main_metric", "steps")},
+            "selection_metric": selection.get("metric"),
+            "selection_step": selection.get("step"),
+            "trainable": parameters.get("trainable"),
+            "total": parameters.get("total"),
+            **{k: run.get(k) for k in ("skill_recovery", "train_seconds", "wall_time_s", "git_sha")},
+        }
+        row |= {f"config:{k}": format_value((config or {}).get(k)) for k in keys}
+        for split in SPLITS:
+            for which in WHICH:
+                scores = (run.get(split) or {}).get(which) or {}
+                row |= {f"{split}/{which}/avg/{m}": v for m, v in (scores.get("avg") or {}).items()}
+                if split == "test":
+                    for task, per in (scores.get("per_task") or {}).items():
+                        row |= {f"test/{which}/{task}/{m}": v for m, v in per.items()}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(dict.fromkeys([*RUN_COLUMNS, *(k for r in rows for k in r)])))
+
+
+def runs_csv(runs: Sequence[dict[str, Any]]) -> str:
+    return runs_frame(runs).to_csv(index=False, lineterminator="\n")
+
+
+def read_runs_csv(path: str | Path) -> list[dict[str, Any]]:
+    """The runs of a per-run table (`--format csv`) as results.json-like dicts, for every table and test
+    the report computes from run folders (allocations and dendrograms need the folders)."""
+    import pandas as pd
+    import yaml
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ReportError(f"{path}: not a per-run table ({error})") from None
+    missing = [c for c in ("group", "benchmark", "method", "seed", "main_metric") if c not in frame.columns]
+    if missing:
+        raise ReportError(f"{path}: not a per-run table written by --format csv (no column {missing[0]!r})")
+    number = lambda v: None if v == "" else float(v)  # noqa: E731
+    runs = []
+    for i, row in enumerate(frame.to_dict("records"), start=2):
+        run: dict[str, Any] = {k: row.get(k) or None for k in ("group", "benchmark", "backbone", "method", "main_metric")}
+        run |= {"_path": f"{path}:{i}", "git_sha": row.get("git_sha") or None}
+        run["seed"] = yaml.safe_load(row["seed"]) if row["seed"] else None
+        run["skill_recovery"] = number(row.get("skill_recovery", ""))
+        run["wall_time_s"] = number(row.get("wall_time_s", ""))
+        run["parameters"] = {k: int(float(row[k])) for k in ("trainable", "total") if row.get(k)}
+        run["selection"] = {"metric": row.get("selection_metric") or None, "step": number(row.get("selection_step", ""))}
+        configs = {k.removeprefix("config:"): yaml.safe_load(v) for k, v in row.items() if k.startswith("config:")}
+        run["_config"] = configs
+        for split in SPLITS:
+            run[split] = {which: {"avg": {}, "per_task": {}} for which in WHICH}
+        for key, value in row.items():
+            parts = key.split("/")
+            if len(parts) >= 4 and parts[0] in SPLITS and parts[1] in WHICH and value != "":
+                split, which, task, metric = parts[0], parts[1], "/".join(parts[2:-1]), parts[-1]
+                target = run[split][which]["avg"] if task == "avg" else run[split][which]["per_task"].setdefault(task, {})
+                target[metric] = float(value)
         runs.append(run)
     return runs
 
@@ -365,11 +463,16 @@ def _value_sort_key(value: Any) -> tuple:
 
 
 def summarise(
-    runs: Sequence[dict[str, Any]], metric: str | None = None, which: str = "final", warn=_stderr
+    runs: Sequence[dict[str, Any]],
+    metric: str | None = None,
+    which: str = "final",
+    warn=_stderr,
+    split: str = "test",
 ) -> list[GroupSummary]:
     """One summary per group (group name and values of the differing config keys), sorted by benchmark,
     backbone, method (paper order), name and the label's values. `metric` defaults to each run's
-    `main_metric`; `which` is `final` or `best`."""
+    `main_metric`; `split` is `test` or `dev`; `which` is `final` (the last step) or `best` (best/, the
+    step the dev split chose: the same step for both splits)."""
     configs = [run_config(run) for run in runs]
     keys = differing_keys(configs)
     # A group's label shows the differing keys its group name does not determine: those that take
@@ -396,6 +499,7 @@ def summarise(
                 method=str(run.get("method", "")),
                 metric=metric or run.get("main_metric") or "",
                 which=which,
+                split=split,
                 parameters=dict(run.get("parameters") or {}),
                 label=" ".join([name] + [f"{k}={v}" for k, v in shown.items()]),
                 settings=settings,
@@ -406,10 +510,10 @@ def summarise(
         if seed in summary.seeds:
             warn(f"group {summary.label}: seed {seed} appears more than once ({run.get('_path', '?')})")
         summary.seeds.append(seed)
-        scores = run.get(which) or {}
+        scores = (run.get(split) or {}).get(which) or {}
         value = (scores.get("avg") or {}).get(summary.metric)
         if value is None:
-            warn(f"{run.get('_path', name)}: no {which} avg/{summary.metric}")
+            warn(f"{run.get('_path', name)}: no {split}/{which}/avg/{summary.metric}")
         else:
             summary.values.append(float(value))
             summary.seed_values.setdefault(seed, float(value))
@@ -531,7 +635,10 @@ def pair(group: GroupSummary, baseline: GroupSummary, test: str = "ttest", refer
 
 
 def markdown_table(
-    groups: Sequence[GroupSummary], per_task: bool = True, comparisons: Sequence[Comparison] | None = None
+    groups: Sequence[GroupSummary],
+    per_task: bool = True,
+    comparisons: Sequence[Comparison] | None = None,
+    titles: bool = True,
 ) -> str:
     blocks = []
     for (benchmark, metric), members in sections(groups).items():
@@ -547,20 +654,20 @@ def markdown_table(
             row += [_count(g.parameters.get("trainable")), _percent(g.parameters)]
             row += [_number(g.task_mean(t)) for t in tasks]
             rows.append(row)
-        which = members[0].which
-        title = f"## {benchmark or 'unknown benchmark'}: {metric}, {which} (mean ± std over seeds)"
-        block = [title, "", _markdown_row(header), _markdown_rule(header)] + [_markdown_row(r) for r in rows]
+        title = f"## {benchmark or 'unknown benchmark'}: {metric}, {members[0].scores_label} (mean ± std over seeds)"
+        block = [title, ""] * titles + [_markdown_row(header), _markdown_rule(header)] + [_markdown_row(r) for r in rows]
         if comparisons is not None:
-            block += ["", _comparison_block(members, comparisons)]
+            block += ["", _comparison_block(members, comparisons, titles)]
         blocks.append("\n".join(block))
     return "\n\n".join(blocks) + "\n"
 
 
-def _comparison_block(members: Sequence[GroupSummary], comparisons: Sequence[Comparison]) -> str:
+def _comparison_block(members: Sequence[GroupSummary], comparisons: Sequence[Comparison], titles: bool = True) -> str:
     mine = [c for c in comparisons if any(c.group is g for g in members)]
     test = mine[0].test if mine else "ttest"
     reference = mine[0].reference if mine else ""
-    title = f"### vs {reference or 'baseline'}: paired by seed, group - baseline ({TESTS[test]})"
+    title = f"vs {reference or 'baseline'}: paired by seed, group - baseline ({TESTS[test]})"
+    title = f"### {title}" if titles else f"*{title}*"
     if not mine:
         return f"{title}\n\nno other group to compare"
     notes = any(c.note for c in mine)
@@ -577,8 +684,12 @@ def _comparison_block(members: Sequence[GroupSummary], comparisons: Sequence[Com
 
 
 def csv_table(
-    groups: Sequence[GroupSummary], per_task: bool = True, comparisons: Sequence[Comparison] | None = None
+    groups: Sequence[GroupSummary],
+    per_task: bool = True,
+    comparisons: Sequence[Comparison] | None = None,
+    titles: bool = True,
 ) -> str:
+    """The groups' statistics as CSV (`--format summary-csv`), one row per group."""
     tasks = task_names(groups) if per_task else []
     shown = list(dict.fromkeys(k for g in groups for k in g.shown))
     header = [
@@ -587,6 +698,7 @@ def csv_table(
         "backbone",
         "method",
         "metric",
+        "split",
         "which",
         "n_seeds",
         "seeds",
@@ -628,6 +740,7 @@ def csv_table(
                 g.backbone,
                 g.method,
                 g.metric,
+                g.split,
                 g.which,
                 len(g.seeds),
                 ";".join(str(s) for s in g.seeds),
@@ -690,7 +803,7 @@ def _x_values(lines: dict[str, dict[Any, GroupSummary]]) -> list[Any]:
     return sorted({x for points in lines.values() for x in points}, key=_value_sort_key)
 
 
-def curve_table(groups: Sequence[GroupSummary], x_key: str = DEFAULT_CURVE_X) -> str:
+def curve_table(groups: Sequence[GroupSummary], x_key: str = DEFAULT_CURVE_X, titles: bool = True) -> str:
     """Markdown, one table per section: rows = lines (methods), columns = x values, `mean ± std (n)`."""
     blocks = []
     for (benchmark, metric), lines in curve_points(groups, x_key).items():
@@ -699,10 +812,10 @@ def curve_table(groups: Sequence[GroupSummary], x_key: str = DEFAULT_CURVE_X) ->
         rows = []
         for line, points in lines.items():
             rows.append([line] + [_mean_std_n(points[x]) if x in points else "" for x in xs])
-        which = next(iter(next(iter(lines.values())).values())).which
-        title = f"## {benchmark or 'unknown benchmark'}: {metric} against {x_key}, {which} (mean ± std (n) over seeds)"
+        label = next(iter(next(iter(lines.values())).values())).scores_label
+        title = f"## {benchmark or 'unknown benchmark'}: {metric} against {x_key}, {label} (mean ± std (n) over seeds)"
         rule = _markdown_rule(header, text_columns=1)
-        blocks.append("\n".join([title, "", _markdown_row(header), rule] + [_markdown_row(r) for r in rows]))
+        blocks.append("\n".join([title, ""] * titles + [_markdown_row(header), rule] + [_markdown_row(r) for r in rows]))
     return "\n\n".join(blocks) + "\n"
 
 
@@ -744,7 +857,7 @@ def plot_curves(groups: Sequence[GroupSummary], path: str | Path, x_key: str = D
         ax.set_xticks(values, [format_value(x) for x in xs])
         ax.set_xlabel(x_key)
         first = next(iter(next(iter(lines.values())).values()))
-        ax.set_ylabel(f"{metric} ({first.which}, mean ± std over seeds)")
+        ax.set_ylabel(f"{metric} ({first.scores_label}, mean ± std over seeds)")
         ax.set_title(benchmark)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=min(8.0, label_fontsize(3 * len(lines))), loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -773,7 +886,7 @@ def plot_groups(groups: Sequence[GroupSummary], path: str | Path) -> Path:
         means = [g.mean for g in members]
         ax.barh(y, means, xerr=[low, high], capsize=3, color=[colours[g.method] for g in members])
         ax.set_yticks(y, [f"{g.label} (n={g.n})" for g in members], fontsize=label_fontsize(len(members)))
-        ax.set_xlabel(f"{metric} ({members[0].which}, mean over seeds; error bars: 95% CI of the mean)")
+        ax.set_xlabel(f"{metric} ({members[0].scores_label}, mean over seeds; error bars: 95% CI of the mean)")
         ax.set_title(benchmark)
         ax.grid(axis="x", alpha=0.3)
     return save_figure(fig, path)
@@ -862,16 +975,104 @@ def _markdown_rule(header: Sequence[str], text_columns: int = 3) -> str:
     return "|" + "|".join(cells) + "|"
 
 
+# ------------------------------------------------------------------------------------ tables in the docs
+
+# A results table in README.md or docs/*.md sits between these lines; the opening one holds the report's
+# arguments (paths relative to the repository root), e.g.
+#   <!-- report: docs/results/methods9.csv --metric exact_match --no-per-task --baseline cpoly -->
+#   ...the table, written by `python -m cpoly.report --docs`...
+#   <!-- /report -->
+DOCS_TABLE = re.compile(r"(?P<open><!-- report: (?P<args>[^\n]*?) -->\n)(?P<body>.*?)(?P<close><!-- /report -->)", re.S)
+
+
+def docs_files(root: Path) -> list[Path]:
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
+
+
+def render_docs_table(args: str, root: Path) -> str:
+    """The table a marker's arguments give, as `python -m cpoly.report <args> --no-titles` prints it, run
+    from the repository root (no figure is written)."""
+    import contextlib
+    import shlex
+
+    argv = shlex.split(args)
+    if any(a.startswith(("--plot", "--curve", "--dendrogram", "--docs", "--format")) for a in argv):
+        raise ReportError(f"report: {args}: a docs table takes table arguments only (no figures, --format or --docs)")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(root), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*argv, "--no-titles"])
+    if code != 0:
+        raise ReportError(f"report: {args}: {err.getvalue().strip() or f'exit {code}'}")
+    return out.getvalue().rstrip("\n") + "\n"
+
+
+def rewrite_docs(root: Path, check: bool = False) -> list[str]:
+    """Rewrite every results table of README.md and docs/*.md from the files its marker names; with `check`,
+    write nothing. Returns the tables that differ(ed), as `file:line (report: args)`."""
+    changed = []
+    for path in docs_files(root):
+        text = path.read_text(encoding="utf-8")
+        pieces, position = [], 0
+        for match in DOCS_TABLE.finditer(text):
+            body = render_docs_table(match["args"], root)
+            if body != match["body"]:
+                line = text.count("\n", 0, match.start()) + 1
+                changed.append(f"{path.relative_to(root)}:{line} (report: {match['args']})")
+            pieces += [text[position : match.start("body")], body]
+            position = match.end("body")
+        new = "".join(pieces) + text[position:]
+        if not check and new != text:
+            path.write_text(new, encoding="utf-8")
+    return changed
+
+
+def docs_command(root: Path, check: bool) -> int:
+    try:
+        changed = rewrite_docs(root, check)
+    except ReportError as error:
+        _stderr(str(error))
+        return 2
+    for table in changed:
+        _stderr(f"{'differs from its results' if check else 'rewrote'}: {table}")
+    if check and changed:
+        _stderr(f"{len(changed)} table(s) differ from the committed results: run python -m cpoly.report --docs")
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cpoly.report",
         description=__doc__.split("\n\n")[0],
         epilog="See the module docstring (python -c 'import cpoly.report; help(cpoly.report)') for grouping rules.",
     )
-    parser.add_argument("dirs", nargs="+", help="run folders, multirun folders or results.json files")
+    parser.add_argument(
+        "dirs", nargs="*", help="run folders, multirun folders, results.json files or per-run CSV files (--format csv)"
+    )
     parser.add_argument("--metric", help="the metric to report (default: each run's main_metric)")
-    parser.add_argument("--which", choices=["final", "best"], default="final", help="final or best checkpoint scores")
-    parser.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    parser.add_argument(
+        "--split", choices=list(SPLITS), default="test", help="the split's scores: test (default) or dev (the selecting one)"
+    )
+    parser.add_argument(
+        "--which",
+        choices=list(WHICH),
+        default="final",
+        help="final: the last step's adapters (default); best: best/'s, the step chosen on the dev split",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["markdown", "csv", "summary-csv"],
+        default="markdown",
+        help="markdown tables (default); csv: one row per run (what docs/results/ holds); summary-csv: one row per group",
+    )
+    parser.add_argument("--titles", action=argparse.BooleanOptionalAction, default=True, help="section titles (default on)")
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="rewrite every results table in README.md and docs/*.md from the files its <!-- report: ... --> marker names",
+    )
+    parser.add_argument("--check", action="store_true", help="with --docs: write nothing, exit 1 naming each table that differs")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="with --docs: the repository root (default: here)")
     parser.add_argument(
         "--per-task",
         action=argparse.BooleanOptionalAction,
@@ -886,27 +1087,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test", choices=list(TESTS), default="ttest", help="the paired test (default ttest)")
     parser.add_argument("--plot", type=Path, help="write a bar chart (mean, 95%% CI error bars) to this PNG")
     parser.add_argument("--curve", type=Path, help="write the metric against --x, one line per method, to this PNG")
+    parser.add_argument(
+        "--curve-table", action="store_true", help="print --x's curve table instead of the group table (no figure)"
+    )
     parser.add_argument("--x", default=DEFAULT_CURVE_X, help=f"--curve's x axis config key (default {DEFAULT_CURVE_X})")
     parser.add_argument("--dendrogram", type=Path, help="write task dendrograms of the learned allocations to this PNG")
     args = parser.parse_args(argv)
+    if args.docs:
+        return docs_command(args.root, args.check)
+    if not args.dirs:
+        parser.error("give run folders or per-run CSV files (or --docs)")
 
-    runs = load_runs(args.dirs)
+    try:
+        runs = load_runs(args.dirs)
+    except ReportError as error:
+        _stderr(str(error))
+        return 2
     if not runs:
         _stderr(f"no finished results.json below {', '.join(args.dirs)}")
         return 1
-    groups = summarise(runs, metric=args.metric, which=args.which)
+    if args.format == "csv":
+        sys.stdout.write(runs_csv(runs))
+        return 0
+    groups = summarise(runs, metric=args.metric, which=args.which, split=args.split)
     try:  # every check of the arguments before anything is printed or written
         comparisons = compare(groups, args.baseline, args.test) if args.baseline else None
-        if args.curve:
+        if args.curve or args.curve_table:
             check_curve_key(groups, args.x)
-            curves = curve_table(groups, args.x)
+            curves = curve_table(groups, args.x, titles=args.titles)
         if args.dendrogram and not allocation_panels(groups):
             raise ReportError(NO_ALLOCATION)
     except ReportError as error:
         _stderr(str(error))
         return 2
+    if args.curve_table:
+        sys.stdout.write(curves)
+        return 0
     table = markdown_table if args.format == "markdown" else csv_table
-    sys.stdout.write(table(groups, per_task=args.per_task, comparisons=comparisons))
+    sys.stdout.write(table(groups, per_task=args.per_task, comparisons=comparisons, titles=args.titles))
     if args.curve:
         if args.format == "markdown":
             sys.stdout.write("\n" + curves)

@@ -180,7 +180,8 @@ def test_wandb_sweeps_name_real_keys_and_pass_them_as_overrides(path, tmp_path):
     first_values = [f"{key}={spec['values'][0]}" for key, spec in sweep["parameters"].items()]
     cfg = compose_train([*fixed, *first_values], output_dir=tmp_path)  # unknown keys would fail here
     check_config(cfg)
-    metric_key = sweep["metric"]["name"].removeprefix("val/avg/")
+    assert sweep["metric"]["name"].startswith("dev/avg/")  # sweeps choose on the dev split, never on test
+    metric_key = sweep["metric"]["name"].removeprefix("dev/avg/")
     assert metric_key in ("rougeL", "score", "char_similarity", "exact_match")
 
 

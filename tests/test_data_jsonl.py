@@ -30,9 +30,9 @@ def test_train_and_eval_files(tmp_path):
     _write(tmp_path / "train.jsonl", _lines("b_task", 3) + _lines("a_task", 2))
     _write(tmp_path / "eval.jsonl.gz", [{"task": "a_task", "source": "x", "target": ["y", "z"], "id": "e1"}])
     data = load_jsonl(JsonlConfig(train_file="train.jsonl", eval_file="eval.jsonl.gz"), tmp_path)
-    assert data.task_names == ["a_task", "b_task"] and len(data.train) == 5 and len(data.eval) == 1
+    assert data.task_names == ["a_task", "b_task"] and len(data.train) == 5 and len(data.test) == 1
     assert data.metric == "superni" and data.main_metric == "rougeL"
-    assert data.eval[0].references == ["y", "z"] and data.eval[0].id == "e1"
+    assert data.test[0].references == ["y", "z"] and data.test[0].id == "e1"
     assert data.train[0].id == "train-1" and data.info["unknown_eval_tasks"] == []
 
 
@@ -40,14 +40,14 @@ def test_single_file_is_split_per_task_with_the_data_seed(tmp_path):
     _write(tmp_path / "all.jsonl", _lines("a", 20) + _lines("b", 10) + _lines("c", 1))
     cfg = JsonlConfig(file=str(tmp_path / "all.jsonl"), eval_fraction=0.25)
     data = load_jsonl(cfg, None)
-    evaluation = {t: [ex for ex in data.eval if ex.task == t] for t in "abc"}
+    evaluation = {t: [ex for ex in data.test if ex.task == t] for t in "abc"}
     assert [len(evaluation[t]) for t in "abc"] == [5, 2, 0]  # round(0.25 n); a 1-line task trains only
-    assert not {ex.id for ex in data.train} & {ex.id for ex in data.eval}
-    assert len(data.train) + len(data.eval) == 31
+    assert not {ex.id for ex in data.train} & {ex.id for ex in data.test}
+    assert len(data.train) + len(data.test) == 31
     again = load_jsonl(cfg, None)
-    assert [ex.id for ex in again.eval] == [ex.id for ex in data.eval]
+    assert [ex.id for ex in again.test] == [ex.id for ex in data.test]
     other = load_jsonl(JsonlConfig(file=cfg.file, eval_fraction=0.25, data_seed=1), None)
-    assert [ex.id for ex in other.eval] != [ex.id for ex in data.eval]
+    assert [ex.id for ex in other.test] != [ex.id for ex in data.test]
 
 
 def test_choices_select_the_classification_metric(tmp_path):
@@ -68,7 +68,7 @@ def test_task_filter_and_unknown_eval_tasks(tmp_path):
     data = load_jsonl(JsonlConfig(train_file="train.jsonl", eval_file="eval.jsonl"), tmp_path)
     assert data.info["unknown_eval_tasks"] == ["new"]
     only_b = load_jsonl(JsonlConfig(train_file="train.jsonl", eval_file="eval.jsonl", tasks=["b"]), tmp_path)
-    assert only_b.task_names == ["b"] and {ex.task for ex in only_b.train} == {"b"} and only_b.eval == []
+    assert only_b.task_names == ["b"] and {ex.task for ex in only_b.train} == {"b"} and only_b.test == []
     with pytest.raises(DataError, match=r"\['zzz'\] have no training lines"):
         load_jsonl(JsonlConfig(train_file="train.jsonl", eval_file="eval.jsonl", tasks=["zzz"]), tmp_path)
 

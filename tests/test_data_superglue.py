@@ -63,7 +63,7 @@ def test_counts_match_the_official_sizes(full):
 
 
 def test_boolq_train_from_validation_is_a_disjoint_split_of_validation(full):
-    train, evaluation = _by_task(full.train)["boolq"], _by_task(full.eval)["boolq"]
+    train, evaluation = _by_task(full.train)["boolq"], _by_task(full.test)["boolq"]
     assert len(train) + len(evaluation) == 3270 and abs(len(train) - len(evaluation)) <= 1
     assert not {ex.id for ex in train} & {ex.id for ex in evaluation}
     assert all(ex.id.startswith("boolq-val-") for ex in train + evaluation)
@@ -71,15 +71,15 @@ def test_boolq_train_from_validation_is_a_disjoint_split_of_validation(full):
 
 
 def test_targets_are_label_words_with_the_raw_label_distribution(full):
-    for example in full.train + full.eval:
+    for example in full.train + full.test:
         assert example.choices == list(TASKS[example.task].label_words) and example.target in example.choices
-    cb = Counter(ex.target for ex in _by_task(full.eval)["cb"])
+    cb = Counter(ex.target for ex in _by_task(full.test)["cb"])
     assert cb == {"contradiction": 28, "entailment": 23, "neutral": 5}
-    assert Counter(ex.label for ex in _by_task(full.eval)["copa"]) == {0: 55, 1: 45}
+    assert Counter(ex.label for ex in _by_task(full.test)["copa"]) == {0: 55, 1: 45}
 
 
 def test_golden_prompts(full):
-    examples = _by_id(full.eval)
+    examples = _by_id(full.test)
     cb = examples["cb-val-0"]
     assert cb.prompt == (
         "Premise: Valence the void-brain, Valence the virtuous valet. Why couldn't the figger choose his own "
@@ -102,7 +102,7 @@ def test_golden_prompts(full):
 
 
 def test_multirc_has_one_example_per_answer_option_grouped_by_question(full, data_dir):
-    evaluation = _by_task(full.eval)["multirc"]
+    evaluation = _by_task(full.test)["multirc"]
     groups = Counter(ex.group for ex in evaluation)
     assert len(groups) == 953 and sum(groups.values()) == 4848
     with gzip.open(data_dir / "superglue/MultiRC/val.jsonl.gz", "rt") as handle:
@@ -128,7 +128,7 @@ def test_record_listed_explicitly_without_files_is_an_error(data_dir):
 def test_caps_are_seeded_and_multirc_caps_count_questions(data_dir):
     cfg = SuperGLUEConfig(tasks=["cb", "multirc", "wic"], n_train_per_task=20, n_eval_per_task=10)
     data = load_superglue(cfg, data_dir)
-    train, evaluation = _by_task(data.train), _by_task(data.eval)
+    train, evaluation = _by_task(data.train), _by_task(data.test)
     assert len(train["cb"]) == 20 and len(evaluation["wic"]) == 10
     assert len({ex.group for ex in evaluation["multirc"]}) == 10
     again = load_superglue(cfg, data_dir)
@@ -179,7 +179,7 @@ def test_record_is_loaded_when_its_files_exist(tmp_path):
     _write(tmp_path / "superglue/ReCoRD/train.jsonl", [RECORD_PASSAGE])
     _write(tmp_path / "superglue/ReCoRD/val.jsonl", [RECORD_PASSAGE])
     data = load_superglue(SuperGLUEConfig(tasks=["record"]), tmp_path)
-    example = data.eval[0]
+    example = data.test[0]
     assert example.id == "record-val-p0-q0" and example.target == ["Ada Lovelace"] and example.choices is None
     assert example.source == (
         "Passage: Ada Lovelace met Charles Babbage in London.\n- Lovelace wrote notes\n"
@@ -335,5 +335,5 @@ def test_hub_is_used_without_local_data_when_online(tmp_path, monkeypatch):
 
     monkeypatch.setattr("cpoly.data.superglue.load_hub_rows", fake_rows)
     data = load_superglue(SuperGLUEConfig(tasks=["cb"]), tmp_path)
-    assert data.info["source"] == "hub" and len(data.train) == len(data.eval) == 6
-    assert [ex.target for ex in data.eval[:3]] == ["entailment", "contradiction", "neutral"]
+    assert data.info["source"] == "hub" and len(data.train) == len(data.test) == 6
+    assert [ex.target for ex in data.test[:3]] == ["entailment", "contradiction", "neutral"]

@@ -49,7 +49,7 @@ def test_paper_protocol_counts_and_pool(paper_protocol, data_dir):
     data = paper_protocol
     assert data.metric == "superni" and data.main_metric == "rougeL"
     assert len(data.task_names) == 100 and data.task_names == sorted(data.task_names)
-    train, evaluation = _by_task(data.train), _by_task(data.eval)
+    train, evaluation = _by_task(data.train), _by_task(data.test)
     assert set(train) == set(evaluation) == set(data.task_names)
     assert all(len(train[t]) == 1000 and len(evaluation[t]) == 100 for t in data.task_names)
     test_tasks = set(read_name_list(data_dir / "superni/splits/default/test_tasks.txt"))
@@ -59,15 +59,15 @@ def test_paper_protocol_counts_and_pool(paper_protocol, data_dir):
 
 def test_train_and_eval_instances_are_disjoint(paper_protocol):
     train_ids = {ex.id for ex in paper_protocol.train}
-    eval_ids = {ex.id for ex in paper_protocol.eval}
-    assert len(train_ids) == len(paper_protocol.train) and len(eval_ids) == len(paper_protocol.eval)
+    eval_ids = {ex.id for ex in paper_protocol.test}
+    assert len(train_ids) == len(paper_protocol.train) and len(eval_ids) == len(paper_protocol.test)
     assert not train_ids & eval_ids
     train_inputs = {(ex.task, ex.source) for ex in paper_protocol.train}
-    assert not any((ex.task, ex.source) in train_inputs for ex in paper_protocol.eval)
+    assert not any((ex.task, ex.source) in train_inputs for ex in paper_protocol.test)
 
 
 def test_examples_are_well_formed(paper_protocol):
-    for example in paper_protocol.eval[:2000]:
+    for example in paper_protocol.test[:2000]:
         assert isinstance(example.target, list) and example.target and all(r.strip() for r in example.target)
         assert example.prefix.startswith("Definition: ") and example.source.endswith("\nOutput:")
         assert example.choices is None and example.id.startswith(example.task.split("_")[0])
@@ -77,7 +77,7 @@ def test_same_seed_same_data_other_seed_other_data(paper_protocol, data_dir):
     again = load_superni(SuperNIConfig(), data_dir)
     assert again.task_names == paper_protocol.task_names
     assert [ex.id for ex in again.train] == [ex.id for ex in paper_protocol.train]
-    assert [ex.id for ex in again.eval] == [ex.id for ex in paper_protocol.eval]
+    assert [ex.id for ex in again.test] == [ex.id for ex in paper_protocol.test]
     small, other = load_superni(_small(), data_dir), load_superni(_small(data_seed=7), data_dir)
     assert small.task_names != other.task_names
 
@@ -86,7 +86,7 @@ def test_task_list_round_trip_reproduces_the_draw(paper_protocol, data_dir, tmp_
     task_file = write_name_list(tmp_path / "tasks.txt", paper_protocol.task_names)
     again = load_superni(SuperNIConfig(task_list=str(task_file)), data_dir)
     assert again.task_names == paper_protocol.task_names
-    assert [ex.id for ex in again.eval] == [ex.id for ex in paper_protocol.eval]
+    assert [ex.id for ex in again.test] == [ex.id for ex in paper_protocol.test]
     assert again.info["task_list_file"] == str(task_file)
 
 
@@ -95,8 +95,8 @@ def test_instance_draw_does_not_depend_on_the_other_tasks(paper_protocol, data_d
     task_file = write_name_list(tmp_path / "subset.txt", subset)
     data = load_superni(SuperNIConfig(task_list=str(task_file)), data_dir)
     assert data.task_names == subset  # file order is the routing order
-    full = _by_task(paper_protocol.eval)
-    for task, examples in _by_task(data.eval).items():
+    full = _by_task(paper_protocol.test)
+    for task, examples in _by_task(data.test).items():
         assert [ex.id for ex in examples] == [ex.id for ex in full[task]]
 
 
@@ -124,11 +124,11 @@ def test_loader_uses_the_template_and_no_demonstrations_by_default(data_dir, tmp
         "Definition: Given an adjective, generate its antonym. An antonym of a word is a word opposite in "
         "meaning to it.\n\n"
     )
-    assert {ex.prefix for ex in data.train + data.eval} == {definition}
+    assert {ex.prefix for ex in data.train + data.test} == {definition}
     custom = load_superni(_small(task_list=str(task_file), instance_template="Q: {input}\nA:"), data_dir)
-    assert all(ex.source.startswith("Q: ") and ex.source.endswith("\nA:") for ex in custom.eval)
+    assert all(ex.source.startswith("Q: ") and ex.source.endswith("\nA:") for ex in custom.test)
     three = load_superni(_small(task_list=str(task_file), n_positive_examples=3), data_dir)
-    assert "Positive Example 2 -" in three.eval[0].prefix and "Positive Example 3" not in three.eval[0].prefix
+    assert "Positive Example 2 -" in three.test[0].prefix and "Positive Example 3" not in three.test[0].prefix
     assert three.info["fewer_positive_examples"] == {"task1508_wordnet_antonyms": 2}
 
 
@@ -142,13 +142,13 @@ def test_cross_task_protocol(data_dir):
     test_list = read_name_list(data_dir / "superni/splits/default/test_tasks.txt")
     assert set(data.task_names) <= train_list and len(data.task_names) == 208
     eval_tasks = data.info["eval_tasks"]
-    assert eval_tasks == [t for t in test_list if t in set(data.eval_task_names)] and len(eval_tasks) == 23
+    assert eval_tasks == [t for t in test_list if t in set(data.test_task_names)] and len(eval_tasks) == 23
     assert not set(eval_tasks) & set(data.task_names)
     assert "unknown_task=uniform" in data.info["unknown_eval_tasks"]
     # Official evaluation: the first 100 instances of each test task, in file order.
     with gzip.open(data_dir / "superni/superni_test.jsonl.gz", "rt") as handle:
         first = {rec["task"]: [i["id"] for i in rec["instances"][:100]] for rec in map(json.loads, handle)}
-    by_task = _by_task(data.eval)
+    by_task = _by_task(data.test)
     assert all([ex.id for ex in by_task[t]] == first[t] for t in eval_tasks)
     assert all(len(v) <= 20 for v in _by_task(data.train).values())
 
@@ -258,12 +258,12 @@ def test_upstream_layout_is_detected_and_filtered_to_english(tmp_path):
     )
     data = load_superni(_small(n_tasks=1, n_train_per_task=20, n_eval_per_task=5, task_pool=["train"]), tmp_path)
     assert data.info["source"] == "upstream" and data.task_names == ["task001_upper"]
-    assert len(data.train) == 20 and len(data.eval) == 5
-    assert data.eval[0].prefix == "Definition: Rewrite the word (task001).\n\n"
+    assert len(data.train) == 20 and len(data.test) == 5
+    assert data.test[0].prefix == "Definition: Rewrite the word (task001).\n\n"
     with pytest.raises(DataError, match="only 1 tasks"):
         load_superni(_small(n_tasks=2, n_train_per_task=20, n_eval_per_task=5, task_pool=["train"]), tmp_path)
     xtask = load_superni(_small(protocol="cross_task", n_tasks=None, task_pool=["train"], n_eval_per_task=7), tmp_path)
-    assert xtask.task_names == ["task001_upper"] and [ex.id for ex in xtask.eval] == [f"task003-{i}" for i in range(7)]
+    assert xtask.task_names == ["task001_upper"] and [ex.id for ex in xtask.test] == [f"task003-{i}" for i in range(7)]
 
 
 def test_hub_rows_convert_to_tasks():
@@ -344,4 +344,4 @@ def test_hub_is_used_without_local_data_when_online(tmp_path, monkeypatch):
     monkeypatch.setattr("cpoly.data.superni_sources.load_hub_rows", fake_rows)
     data = load_superni(_small(n_tasks=1, n_train_per_task=8, n_eval_per_task=4, task_pool=["train"]), tmp_path)
     assert data.info["source"] == "hub" and data.task_names == ["task1_train"]
-    assert (len(data.train), len(data.eval)) == (8, 4)
+    assert (len(data.train), len(data.test)) == (8, 4)

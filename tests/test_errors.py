@@ -263,6 +263,6 @@ def test_wandb_faults_leave_the_run_and_its_local_logs_complete(fault, tmp_path,
     assert results["steps"] == 6 and (tmp_path / "results.json").is_file()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert sum("val/avg/exact_match" in r for r in rows) == 2
+    assert sum("dev/avg/exact_match" in r for r in rows) == 2
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("cpoly.logging")]
     assert len(warnings) == 1 and expected in warnings[0], warnings

@@ -70,7 +70,7 @@ def test_metrics_log_appends_one_line_per_step(tmp_path: Path) -> None:
     path = tmp_path / "run" / "metrics.jsonl"
     metrics = MetricsLog(path)
     metrics.log({"train/loss": torch.tensor(2.5), "train/lr_adapters": 1e-3}, step=10)
-    metrics.log({"val/task_a/exact_match": 50.0, "val/avg/exact_match": 50.0, "alloc/entropy": 0.9}, step=20)
+    metrics.log({"dev/task_a/exact_match": 50.0, "dev/avg/exact_match": 50.0, "alloc/entropy": 0.9}, step=20)
     lines = path.read_text().splitlines()
     assert len(lines) == 2
     records = read_metrics(path)
@@ -78,7 +78,7 @@ def test_metrics_log_appends_one_line_per_step(tmp_path: Path) -> None:
     assert [r["step"] for r in records] == [10, 20]
     assert list(records[0])[:2] == ["step", "time"]
     assert records[0]["train/loss"] == 2.5 and isinstance(records[0]["time"], float)
-    assert records[1]["val/avg/exact_match"] == 50.0
+    assert records[1]["dev/avg/exact_match"] == 50.0
 
 
 def test_non_finite_values_stay_valid_json(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_disabled_logger_writes_nothing_and_keeps_the_resume_id(tmp_path: Path, 
     assert not logger.active and logger.mode == "disabled" and logger.run_id == "abc123"
     logger.log({"train/loss": 1.0}, step=1)
     logger.log_allocation(make_allocation(3), step=1, image_path=None)
-    logger.log_table("val/scores", ["task", "value"], [["a", 1.0]])
+    logger.log_table("dev/scores", ["task", "value"], [["a", 1.0]])
     logger.summary({"params/trainable": 10})
     logger.finish()
     assert list(tmp_path.iterdir()) == []
@@ -187,11 +187,11 @@ def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(tmp_p
     try:
         assert logger.active and logger.mode == "offline"
         logger.log({"train/loss": torch.tensor(0.5), "train/lr_adapters": 1e-3}, step=10)
-        logger.log({"val/task_a/exact_match": 40.0, "val/avg/exact_match": 40.0}, step=10)
+        logger.log({"dev/task_a/exact_match": 40.0, "dev/avg/exact_match": 40.0}, step=10)
         logger.log_allocation(make_allocation(3), step=10, image_path=None)
         tree = plot_dendrograms([("cpoly", ["a", "b", "c"], [[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])], tmp_path / "t.png")
         logger.log_image("alloc/dendrogram", tree, step=10)
-        logger.log_table("val/scores", ["task", "metric", "value"], [["task_a", "exact_match", 40.0]])
+        logger.log_table("dev/scores", ["task", "metric", "value"], [["task_a", "exact_match", 40.0]])
         logger.summary({"params/trainable": 1234, "final/avg/exact_match": 40.0})
     finally:
         logger.finish()
@@ -202,7 +202,7 @@ def test_offline_run_folder_holds_the_logged_keys_and_resumes_the_same_run(tmp_p
     keys = [
         "train/loss",
         "train/step",
-        "val/avg/exact_match",
+        "dev/avg/exact_match",
         "alloc/heatmap",
         "alloc/matrix",
         "alloc/dendrogram",
@@ -406,7 +406,7 @@ def test_what_a_real_offline_wandb_run_receives(tmp_path: Path, monkeypatch: pyt
         for step, (a, b) in zip((10, 20, 30), ((20.0, 40.0), (70.0, 50.0), (40.0, 60.0)), strict=True):
             logger.log({"train/loss": 1.0 / step}, step)
             scores = {"task_a": {"exact_match": a}, "task_b": {"exact_match": b}, "avg": {"exact_match": (a + b) / 2}}
-            logger.log({f"val/{t}/{k}": v for t, s in scores.items() for k, v in s.items()}, step)
+            logger.log({f"dev/{t}/{k}": v for t, s in scores.items() for k, v in s.items()}, step)
         RunReporter.finish(SimpleNamespace(is_main=True, out=tmp_path, wandb=logger), finished_results(), 0.0)
         summary = summary_as_dict(run.summary)
         config = run.config.as_dict()
@@ -424,9 +424,9 @@ def test_what_a_real_offline_wandb_run_receives(tmp_path: Path, monkeypatch: pyt
     def series(key: str) -> list[tuple[int, float]]:
         return [(r["train/step"], r[key]) for r in logged if key in r]
 
-    assert series("val/task_a/exact_match") == [(10, 20.0), (20, 70.0), (30, 40.0)]
-    assert series("val/task_b/exact_match") == [(10, 40.0), (20, 50.0), (30, 60.0)]
-    assert series("val/avg/exact_match") == [(10, 30.0), (20, 60.0), (30, 50.0)]
+    assert series("dev/task_a/exact_match") == [(10, 20.0), (20, 70.0), (30, 40.0)]
+    assert series("dev/task_b/exact_match") == [(10, 40.0), (20, 50.0), (30, 60.0)]
+    assert series("dev/avg/exact_match") == [(10, 30.0), (20, 60.0), (30, 50.0)]
     assert [r["train/step"] for r in logged if "train/loss" in r] == [10, 20, 30]
 
     # The summary: parameter counts, final and best averages with their steps.
@@ -438,8 +438,8 @@ def test_what_a_real_offline_wandb_run_receives(tmp_path: Path, monkeypatch: pyt
         "best/exact_match": 60.0,
         "best/step": 20,
         "skill_recovery": 0.75,
-        "val/avg/exact_match": {"max": 60.0},  # define_metric(summary="max") on the average
-        "val/task_a/exact_match": 40.0,  # per-task keys: the last value
+        "dev/avg/exact_match": {"max": 60.0},  # define_metric(summary="max") on the average
+        "dev/task_a/exact_match": 40.0,  # per-task keys: the last value
         "train/step": 30,
     }
     assert {k: summary.get(k) for k in expected} == expected
@@ -447,7 +447,7 @@ def test_what_a_real_offline_wandb_run_receives(tmp_path: Path, monkeypatch: pyt
 
     folders = list((tmp_path / "out" / "wandb").glob(f"offline-run-*-{logger.run_id}"))
     assert len(folders) == 1
-    new_keys = ["method_kind", "examples_per_task", "method_config", "best/step", "val/task_b/exact_match"]
+    new_keys = ["method_kind", "examples_per_task", "method_config", "best/step", "dev/task_b/exact_match"]
     records = wait_for_records(folders[0] / f"run-{logger.run_id}.wandb", new_keys)
     assert [k for k in new_keys if k.encode() not in records] == []
 

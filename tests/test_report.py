@@ -61,8 +61,9 @@ def results(
         "method": method,
         "metric": benchmark,
         "main_metric": "char_similarity",
-        "final": scores(0.0),
-        "best": scores(best_offset),
+        "dev": {"final": scores(-1.0), "best": scores(best_offset - 1.0)},
+        "test": {"final": scores(0.0), "best": scores(best_offset)},
+        "selection": {"split": "dev", "metric": "dev/avg/char_similarity", "rule": "max", "step": 300, "value": 0.0},
         "skill_recovery": 0.5 if method == "cpoly" else None,
         "parameters": {
             "shared_skills": 60,
@@ -147,7 +148,7 @@ def test_group_falls_back_to_the_run_name_without_the_seed() -> None:
 def test_markdown_table(multirun: Path) -> None:
     text = markdown_table(summarise(load_runs([multirun], warn=lambda m: None)))
     lines = text.splitlines()
-    assert lines[0] == "## synthetic: char_similarity, final (mean ± std over seeds)"
+    assert lines[0] == "## synthetic: char_similarity, test split, final adapters (mean ± std over seeds)"
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header[:5] == ["group", "backbone", "method", "seeds", "char_similarity (avg)"]
     assert header[-2:] == ["task_00", "task_01"] and "trainable params" in header
@@ -183,7 +184,7 @@ def test_cli_prints_a_table_and_plots(multirun: Path, tmp_path: Path, capsys) ->
 
 def test_python_dash_m_entry_point(multirun: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "cpoly.report", str(multirun), "--format", "csv", "--which", "best"],
+        [sys.executable, "-m", "cpoly.report", str(multirun), "--format", "summary-csv", "--which", "best"],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -191,7 +192,7 @@ def test_python_dash_m_entry_point(multirun: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("group,benchmark,backbone,method")
-    assert "synthetic-tiny_t5-cpoly,synthetic,tiny_t5,cpoly,char_similarity,best,3" in done.stdout
+    assert "synthetic-tiny_t5-cpoly,synthetic,tiny_t5,cpoly,char_similarity,test,best,3" in done.stdout
 
 
 # ------------------------------------------------------------------------ config-aware groups and statistics
@@ -419,7 +420,7 @@ def test_cli_baseline_curve_plots_and_bad_input(tmp_path: Path, capsys) -> None:
     panels = allocation_panels(quiet(tmp_path / "runs"))
     assert len(panels) == 2 and all("(seed 1, the first of 2 seeds)" in title for title, _, _ in panels)
 
-    code, out, err = cli([runs, "--format", "csv", "--baseline", "poly", "--test", "bootstrap"], capsys)
+    code, out, err = cli([runs, "--format", "summary-csv", "--baseline", "poly", "--test", "bootstrap"], capsys)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and {r["test"] for r in rows if r["method"] == "cpoly"} == {"bootstrap"}
     assert {"diff_mean", "diff_ci_low", "diff_ci_high", "p_value", "n_pairs"} <= set(rows[0])
@@ -433,3 +434,87 @@ def test_cli_baseline_curve_plots_and_bad_input(tmp_path: Path, capsys) -> None:
     write_run(tmp_path / "plain", "poly", 1, 1.0)
     code, out, err = cli([str(tmp_path / "plain"), "--dendrogram", str(tmp_path / "t.png")], capsys)
     assert code == 2 and "allocation" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- splits, per-run CSV, tables in the docs
+
+
+def test_split_and_which_pick_the_scores_and_say_so(multirun: Path) -> None:
+    runs = load_runs([multirun], warn=lambda m: None)
+    test_final = summarise(runs, warn=lambda m: None)[1]
+    dev_final = summarise(runs, split="dev", warn=lambda m: None)[1]
+    test_best = summarise(runs, which="best", warn=lambda m: None)[1]
+    assert test_final.method == "cpoly" and test_final.mean == pytest.approx(73.0)
+    assert dev_final.mean == pytest.approx(72.0) and test_best.mean == pytest.approx(78.0)
+    assert test_best.scores_label == "test split, best/ (the step chosen on dev)"
+    assert dev_final.scores_label == "dev split, final adapters"
+
+
+def test_a_results_json_from_before_the_dev_split_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    old = results("cpoly", 1, {"task_00": 1.0})
+    old["final"], old["best"] = old.pop("test")["final"], {}
+    del old["dev"]
+    write_results(tmp_path / "r" / "results.json", old)
+    warnings: list[str] = []
+    assert load_runs([tmp_path], warn=warnings.append) == []
+    assert len(warnings) == 1 and "before the dev split" in warnings[0]
+
+
+def test_the_per_run_csv_holds_every_run_and_gives_the_tables_the_folders_give(tmp_path: Path, capsys) -> None:
+    for seed in (1, 2, 3):
+        write_run(tmp_path / "runs", "cpoly", seed, 70.0 + seed, optim__lr=0.001)
+        write_run(tmp_path / "runs", "poly", seed, 60.0 + 2 * seed, optim__lr=0.001)
+    code, out, err = cli([str(tmp_path / "runs"), "--format", "csv"], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 6 and {r["seed"] for r in rows} == {"1", "2", "3"}
+    assert {"git_sha", "wall_time_s", "dev/final/avg/char_similarity", "test/best/avg/char_similarity"} <= set(rows[0])
+    assert "test/final/task_00/char_similarity" in rows[0] and "config:method.name" in rows[0]
+    table = tmp_path / "runs.csv"
+    table.write_text(out)
+    for args in (["--baseline", "cpoly"], ["--which", "best", "--split", "dev", "--no-per-task"]):
+        from_folders = cli([str(tmp_path / "runs"), *args], capsys)[1]
+        from_csv = cli([str(table), *args], capsys)[1]
+        assert from_csv == from_folders and "cpoly" in from_csv
+
+
+def test_docs_tables_are_rewritten_from_their_csv_and_check_names_the_one_that_differs(
+    tmp_path: Path, capsys
+) -> None:
+    for seed in (1, 2):
+        write_run(tmp_path / "runs", "cpoly", seed, 70.0 + seed)
+        write_run(tmp_path / "runs", "poly", seed, 60.0 + seed)
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "m.csv").write_text(cli([str(tmp_path / "runs"), "--format", "csv"], capsys)[1])
+    marker = "<!-- report: docs/results/m.csv --no-per-task --baseline cpoly -->"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nProse before.\n\n{marker}\n| typed by hand | 99.9 |\n<!-- /report -->\n\nProse after.\n")
+    (tmp_path / "docs" / "other.md").write_text("no tables here\n")
+
+    code, _, err = cli(["--docs", "--check", "--root", str(tmp_path)], capsys)
+    assert code == 1 and "README.md:5 (report: docs/results/m.csv --no-per-task --baseline cpoly)" in err
+    assert "typed by hand" in readme.read_text()  # --check writes nothing
+    assert cli(["--docs", "--root", str(tmp_path)], capsys)[0] == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nProse before.\n\n" + marker + "\n") and text.endswith("<!-- /report -->\n\nProse after.\n")
+    assert "typed by hand" not in text and "| synthetic-tiny_t5-cpoly |" in text and "*vs cpoly" in text
+    assert "## " not in text.split(marker)[1]  # no section titles inside a document
+    assert cli(["--docs", "--check", "--root", str(tmp_path)], capsys)[0] == 0
+    readme.write_text(text.replace("71.50", "71.60"))  # a hand-edited number cannot land
+    code, _, err = cli(["--docs", "--check", "--root", str(tmp_path)], capsys)
+    assert code == 1 and "README.md:5" in err
+    readme.write_text(text.replace("docs/results/m.csv", "docs/results/missing.csv"))
+    code, _, err = cli(["--docs", "--check", "--root", str(tmp_path)], capsys)
+    assert code == 2 and "missing.csv" in err
+
+
+def test_the_committed_docs_tables_match_their_results() -> None:
+    """Every results table of README.md and docs/ is what its committed docs/results/*.csv gives."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cpoly.report", "--docs", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr

@@ -36,7 +36,7 @@ def test_atomic_skills_do_what_their_names_say():
 
 def test_generation_is_deterministic_and_seeded():
     first, second = load_synthetic(SyntheticConfig()), load_synthetic(SyntheticConfig())
-    assert first.train == second.train and first.eval == second.eval
+    assert first.train == second.train and first.test == second.test
     assert first.skill_structure == second.skill_structure
     other = load_synthetic(SyntheticConfig(data_seed=7))
     assert [ex.source for ex in other.train] != [ex.source for ex in first.train]
@@ -48,10 +48,10 @@ def test_default_benchmark_shape_and_targets():
     assert data.name == "synthetic" and data.metric == "synthetic" and data.main_metric == "char_similarity"
     assert len(data.task_names) == cfg.n_tasks == len(set(data.task_names))
     assert len(data.train) == cfg.n_tasks * cfg.n_train_per_task
-    assert len(data.eval) == cfg.n_tasks * cfg.n_eval_per_task
-    assert data.eval_task_names == sorted(data.task_names)
-    assert len({ex.id for ex in data.train + data.eval}) == len(data.train) + len(data.eval)
-    for ex in data.train[:50] + data.eval[:50]:
+    assert len(data.test) == cfg.n_tasks * cfg.n_eval_per_task
+    assert data.test_task_names == sorted(data.task_names)
+    assert len({ex.id for ex in data.train + data.test}) == len(data.train) + len(data.test)
+    for ex in data.train[:50] + data.test[:50]:
         word = ex.source.removesuffix(" =")
         assert cfg.min_length <= len(word) <= cfg.max_length
         table = data.info["private_substitutions"][ex.task]
@@ -59,7 +59,7 @@ def test_default_benchmark_shape_and_targets():
         assert ex.task not in ex.source  # task identity comes only through routing by default
     for task in data.task_names:  # eval inputs are unseen in training
         train_inputs = {ex.source for ex in data.train if ex.task == task}
-        assert not train_inputs & {ex.source for ex in data.eval if ex.task == task}
+        assert not train_inputs & {ex.source for ex in data.test if ex.task == task}
 
 
 def test_tasks_share_atomic_skills_and_are_distinct_functions():

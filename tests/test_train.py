@@ -23,8 +23,9 @@ RESULT_KEYS = {
     "metric",
     "main_metric",
     "optimized_metric",
-    "final",
-    "best",
+    "dev",
+    "test",
+    "selection",
     "skill_recovery",
     "exclusive_skills",
     "allocation",
@@ -37,7 +38,8 @@ RESULT_KEYS = {
     "git_sha",
     "status",
     "n_train",
-    "n_eval",
+    "n_dev",
+    "n_test",
     "tasks",
     "benchmark_info",
     "tokenization",
@@ -61,8 +63,8 @@ def test_each_method_trains_and_writes_its_run_folder(method, tmp_path, cache_di
     results = run([f"method={method}"], tmp_path, cache_dir)
     assert RESULT_KEYS <= set(results)
     assert results["steps"] == 4 and results["status"] == "finished" and results["method"] == method
-    assert set(results["final"]["per_task"]) == set(results["tasks"]) and len(results["tasks"]) == 4
-    assert "char_similarity" in results["final"]["avg"] and "exact_match" in results["final"]["avg"]
+    assert set(results["test"]["final"]["per_task"]) == set(results["tasks"]) and len(results["tasks"]) == 4
+    assert "char_similarity" in results["test"]["final"]["avg"] and "exact_match" in results["test"]["final"]["avg"]
     counts = results["parameters"]
     assert counts["trainable"] == counts["shared_skills"] + counts["task_skills"] + counts["router"] + counts["heads"]
     files = {p.name for p in tmp_path.iterdir()}
@@ -89,13 +91,13 @@ def test_each_method_trains_and_writes_its_run_folder(method, tmp_path, cache_di
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
     prediction = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[0])
     assert set(prediction) == {"task", "id", "source", "prediction", "references"}
-    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == results["n_eval"] == 4 * 2
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == results["n_test"] == 4 * 2
     assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.pt"} <= {
         p.name for p in (tmp_path / "last").iterdir()
     }
     logged = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in logged if "train/loss" in r] == [2, 4]
-    assert any("val/avg/char_similarity" in r for r in logged)
+    assert any("dev/avg/char_similarity" in r for r in logged)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +124,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path, cache_dir,
     assert not (tmp_path / "split" / "results.json").exists()
     resumed = run([*overrides, "resume=must"], tmp_path / "split", cache_dir)
 
-    assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
+    assert all(resumed[k] == reference[k] for k in ("dev", "test", "selection"))
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
     assert strip(read_metrics(tmp_path / "split" / "metrics.jsonl")) == strip(
         read_metrics(tmp_path / "whole" / "metrics.jsonl")
@@ -164,31 +166,39 @@ def test_unknown_eval_tasks_need_uniform_routing(tmp_path, cache_dir, monkeypatc
         data = real(cfg, data_dir)
         unseen = [
             type(ex)(task="unseen", source=ex.source, target=ex.target, id=f"u{i}")
-            for i, ex in enumerate(data.eval[:3])
+            for i, ex in enumerate(data.test[:3])
         ]
-        return BenchmarkData(**{**data.__dict__, "eval": data.eval + unseen})
+        return BenchmarkData(**{**data.__dict__, "test": data.test + unseen})
 
     monkeypatch.setattr(run_module, "load_benchmark", with_an_unseen_task)
     with pytest.raises(ConfigError, match="method.unknown_task=uniform"):
         run([], tmp_path / "a", cache_dir)
     results = run(["method.unknown_task=uniform"], tmp_path / "b", cache_dir)
-    assert "unseen" in results["final"]["per_task"] and "unseen" not in results["tasks"]
+    assert "unseen" in results["test"]["final"]["per_task"] and "unseen" not in results["tasks"]
 
 
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["benchmark=superni", "benchmark.n_tasks=3", "benchmark.n_train_per_task=8", "benchmark.n_eval_per_task=2"],
+        [
+            "benchmark=superni",
+            "benchmark.n_tasks=3",
+            "benchmark.n_train_per_task=8",
+            "benchmark.n_eval_per_task=2",
+            "benchmark.n_dev_per_task=2",
+        ],
         [
             "benchmark=superni_xtask",
             "benchmark.n_train_per_task=2",
             "benchmark.n_eval_per_task=1",
+            "benchmark.n_dev_per_task=1",
             "method.unknown_task=uniform",
         ],
         [
             "benchmark=superglue",
             "benchmark.n_train_per_task=8",
             "benchmark.n_eval_per_task=4",
+            "benchmark.n_dev_per_task=2",
             "benchmark.train_from_validation=true",
         ],
     ],
@@ -199,9 +209,9 @@ def test_smoke_run_on_each_real_benchmark(overrides, data_dir, tmp_path, cache_d
         ["debug=smoke", f"paths.data_dir={data_dir}", *overrides], output_dir=tmp_path, cache_dir=cache_dir
     )
     results = train(cfg)
-    assert results["steps"] == 4 and results["final"]["avg"]
+    assert results["steps"] == 4 and results["test"]["final"]["avg"]
     main = results["main_metric"]
-    assert main in results["final"]["avg"] and 0.0 <= results["final"]["avg"][main] <= 100.0
+    assert main in results["test"]["final"]["avg"] and 0.0 <= results["test"]["final"]["avg"][main] <= 100.0
     assert (tmp_path / "tasks.txt").read_text().split() == results["tasks"]
 
 
@@ -210,7 +220,7 @@ def smoke_on_jsonl(lines, tmp_path, cache_dir, *overrides):
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     cfg = compose_train(
-        ["debug=smoke", "benchmark=jsonl", f"benchmark.file={data}", *overrides],
+        ["debug=smoke", "benchmark=jsonl", f"benchmark.file={data}", "benchmark.n_dev_per_task=1", *overrides],
         output_dir=tmp_path / "run",
         cache_dir=cache_dir,
     )
@@ -224,7 +234,7 @@ def test_smoke_run_on_bring_your_own_jsonl(tmp_path, cache_dir):
         for word in ("abc", "hello", "tiny", "model", "skills", "route", "task", "lora", "poly", "mhr")
     ]
     results = smoke_on_jsonl(lines, tmp_path, cache_dir, "benchmark.eval_fraction=0.2")
-    assert sorted(results["tasks"]) == ["rev", "up"] and results["n_eval"] == 4
+    assert sorted(results["tasks"]) == ["rev", "up"] and results["n_test"] == 4
 
 
 def test_debug_overfit_memorises_a_few_batches(tmp_path, cache_dir):
@@ -280,7 +290,7 @@ def test_the_loop_trains_an_encoder_with_task_heads(tmp_path, cache_dir):
         for label in ["yes" if rule(word) else "no"]
     ]
     results = smoke_on_jsonl(lines, tmp_path, cache_dir, "backbone=tiny_bert")
-    assert results["metric"] == "classification" and set(results["final"]["per_task"]) == {"long", "has_a"}
+    assert results["metric"] == "classification" and set(results["test"]["final"]["per_task"]) == {"long", "has_a"}
     assert results["parameters"]["heads"] == 2 * (128 * 2 + 2)  # one 2-way head per task, trained and counted
     predictions = [
         json.loads(line)["prediction"] for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
