@@ -35,7 +35,6 @@ COMMON = [
     f"trainer.max_steps={STEPS}",
     "trainer.log_every=1",
     f"trainer.eval_every={STEPS}",
-    "trainer.cpu=true",
     "backbone.dropout=0",
     # mixlora's load-balancing loss balances each micro-batch's (each process's) own tokens, as Mixtral's and
     # MixLoRA's do: with a coefficient it depends on the split by design (docs/methods.md); without, token
