@@ -244,9 +244,17 @@ def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path, *, use_shipped
             cfg.name, cfg.model_overrides.get("model_type"), recipe.steps, folder.parent,
         )  # fmt: skip
         config = random_model_config(cfg, tokenizer, None, local_files_only=True)
-        with torch.random.fork_rng(devices=[]):
-            model = random_model(AutoModelForSeq2SeqLM, config, cfg.init_seed).float()
-            record = pretrain(model, tokenizer, recipe)
+        # One intra-op thread: the weights depend on how the CPU kernels split their sums (100 steps
+        # on 1 and on 2 threads give different bits), so the core count must not enter; and a tiny
+        # model trains faster on one thread than on two that share the cores with another process.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                model = random_model(AutoModelForSeq2SeqLM, config, cfg.init_seed).float()
+                record = pretrain(model, tokenizer, recipe)
+        finally:
+            torch.set_num_threads(threads)
         model.save_pretrained(folder)
         log.info(
             "backbone %s: pretrained in %.0f s, held-out exact match %s",
@@ -254,7 +262,7 @@ def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path, *, use_shipped
             record["pretraining_seconds"],
             record["pretraining_exact_match"],
         )
-        return {**record, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+        return {**record, "torch_version": torch.__version__, "torch_threads": 1}
 
     return cached_checkpoint(cache_dir, f"strings-{digest}", build, {"builder": "cpoly.backbones.strings", **key})
 
@@ -268,6 +276,7 @@ def rebuild_shipped(cfg: Any, tokenizer: Any, shipped_dir: Path | None = None) -
         built = strings_checkpoint(cfg, tokenizer, Path(scratch), use_shipped=False)
         target = shipped_dir / f"strings-{digest}"
         with atomic_directory(target) as folder:
+            folder.chmod(0o755)  # a temporary folder is private; this one is read by whoever installs it
             for name in SHIPPED_FILES:
                 shutil.copyfile(built / name, folder / name)
             record = {
