@@ -12,9 +12,13 @@ Fine-tuning then shows the backbone words *without* a program: what each task do
 its private substitution) is what the adapters must supply, through routing. This is the situation
 PEFT on a real model is in: the backbone can do the operations; the task is to learn which.
 
-Built on first use into `<paths.cache_dir>/backbones/strings-<hash>/` (the hash covers the
-architecture, init seed and recipe), under a lock, atomically, with the recipe, the wall time and the
-pretraining exact match in its provenance file; about 3-4 minutes on 2 CPU cores, once.
+The project ships the weights the default recipe builds, in `cpoly/backbones/shipped/strings-<hash>/`
+(the hash covers the architecture, init seed and recipe): a recipe whose hash names a shipped entry
+loads it, so the default costs no pretraining and has the same weights on every machine. Any other
+recipe is built on first use into `<paths.cache_dir>/backbones/strings-<hash>/`, under a lock,
+atomically, with the recipe, the wall time, the held-out exact match and the torch version in its
+provenance file; about 4-5 minutes on 2 CPU cores, once. `python -m cpoly.backbones strings_t5
+--rebuild-shipped` rebuilds the shipped entry from the recipe in `conf/backbone/strings_t5.yaml`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import json
 import logging
 import math
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +38,17 @@ from typing import Any
 
 import torch
 
-from cpoly.backbones.cache import cached_checkpoint
+from cpoly.atomic import atomic_directory
+from cpoly.backbones.cache import PROVENANCE_FILE, cached_checkpoint, is_complete, read_provenance
 from cpoly.data.synthetic import ATOMIC_SKILLS, task_target
 
 log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 1  # bump when the corpus or the optimisation changes what a recipe builds
 SKILL_CODES = {name: str(i) for i, name in enumerate(ATOMIC_SKILLS)}
+# Pre-built entries, one per shipped inhouse backbone, named like the cache's (package data).
+SHIPPED_DIR = Path(__file__).resolve().with_name("shipped")
+SHIPPED_FILES = ("model.safetensors", "config.json", "generation_config.json")
 
 
 @dataclass(frozen=True)
@@ -178,12 +188,9 @@ def held_out_exact_match(model: torch.nn.Module, tokenizer: Any, recipe: StringP
     return round(correct / len(pairs), 4)
 
 
-def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path) -> Path:
-    """The cached pretrained checkpoint for `cfg` (a BackboneConfig with source=inhouse), built if absent."""
-    from transformers import AutoModelForSeq2SeqLM
-
-    from cpoly.backbones.random_init import random_model, random_model_config
-
+def recipe_key(cfg: Any) -> tuple[dict[str, Any], str]:
+    """What the weights of `cfg` (a BackboneConfig with source=inhouse) depend on, and its 12-hex hash:
+    the name of its cache entry and of its shipped entry, `strings-<hash>`."""
     recipe = StringPretraining.from_mapping(cfg.pretraining, cfg.name)
     key = {
         "version": RECIPE_VERSION,
@@ -191,7 +198,45 @@ def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path) -> Path:
         "init_seed": cfg.init_seed,
         "recipe": dataclasses.asdict(recipe),
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    # Through JSON, as the provenance stores it (OmegaConf containers become plain ones).
+    key = json.loads(json.dumps(key, sort_keys=True))
+    return key, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped_checkpoint(key: dict[str, Any], digest: str, shipped_dir: Path | None = None) -> Path | None:
+    """The shipped entry for this recipe, or None: absent, recorded for another recipe, or damaged (a
+    weights file whose sha256 is not the recorded one, e.g. a Git LFS pointer)."""
+    folder = Path(shipped_dir or SHIPPED_DIR) / f"strings-{digest}"
+    if not is_complete(folder):
+        return None
+    provenance = read_provenance(folder)
+    if any(provenance.get(name) != value for name, value in key.items()):
+        log.warning("shipped backbone %s was built from another recipe; building this one instead", folder)
+        return None
+    recorded = provenance.get("sha256") or {}
+    for name in SHIPPED_FILES:
+        if not (folder / name).is_file() or file_sha256(folder / name) != recorded.get(name):
+            log.warning("shipped backbone %s: %s is not the file recorded; building the recipe instead", folder, name)
+            return None
+    return folder
+
+
+def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path, *, use_shipped: bool = True) -> Path:
+    """The pretrained checkpoint for `cfg` (a BackboneConfig with source=inhouse): the shipped entry when
+    its recipe is the shipped one, else the cached one, built if absent."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from cpoly.backbones.random_init import random_model, random_model_config
+
+    key, digest = recipe_key(cfg)
+    recipe = StringPretraining(**key["recipe"])
+    if use_shipped and (shipped := shipped_checkpoint(key, digest)) is not None:
+        log.info("backbone %s: the shipped pre-trained weights %s", cfg.name, shipped)
+        return shipped
 
     def build(folder: Path) -> dict[str, Any]:
         log.info(
@@ -199,9 +244,17 @@ def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path) -> Path:
             cfg.name, cfg.model_overrides.get("model_type"), recipe.steps, folder.parent,
         )  # fmt: skip
         config = random_model_config(cfg, tokenizer, None, local_files_only=True)
-        with torch.random.fork_rng(devices=[]):
-            model = random_model(AutoModelForSeq2SeqLM, config, cfg.init_seed).float()
-            record = pretrain(model, tokenizer, recipe)
+        # One intra-op thread: the weights depend on how the CPU kernels split their sums (100 steps
+        # on 1 and on 2 threads give different bits), so the core count must not enter; and a tiny
+        # model trains faster on one thread than on two that share the cores with another process.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                model = random_model(AutoModelForSeq2SeqLM, config, cfg.init_seed).float()
+                record = pretrain(model, tokenizer, recipe)
+        finally:
+            torch.set_num_threads(threads)
         model.save_pretrained(folder)
         log.info(
             "backbone %s: pretrained in %.0f s, held-out exact match %s",
@@ -209,6 +262,31 @@ def strings_checkpoint(cfg: Any, tokenizer: Any, cache_dir: Path) -> Path:
             record["pretraining_seconds"],
             record["pretraining_exact_match"],
         )
-        return record
+        return {**record, "torch_version": torch.__version__, "torch_threads": 1}
 
     return cached_checkpoint(cache_dir, f"strings-{digest}", build, {"builder": "cpoly.backbones.strings", **key})
+
+
+def rebuild_shipped(cfg: Any, tokenizer: Any, shipped_dir: Path | None = None) -> Path:
+    """Pre-train `cfg`'s recipe from scratch and make it the shipped entry of backbone `cfg.name`
+    (replacing that backbone's previous entry); returns the entry's folder."""
+    shipped_dir = Path(shipped_dir or SHIPPED_DIR)
+    key, digest = recipe_key(cfg)
+    with tempfile.TemporaryDirectory() as scratch:
+        built = strings_checkpoint(cfg, tokenizer, Path(scratch), use_shipped=False)
+        target = shipped_dir / f"strings-{digest}"
+        with atomic_directory(target) as folder:
+            folder.chmod(0o755)  # a temporary folder is private; this one is read by whoever installs it
+            for name in SHIPPED_FILES:
+                shutil.copyfile(built / name, folder / name)
+            record = {
+                **read_provenance(built),
+                "backbone": cfg.name,
+                "digest": digest,
+                "sha256": {name: file_sha256(folder / name) for name in SHIPPED_FILES},
+            }
+            (folder / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    for old in shipped_dir.glob("strings-*"):
+        if old != target and is_complete(old) and read_provenance(old).get("backbone") == cfg.name:
+            shutil.rmtree(old)
+    return target

@@ -14,7 +14,8 @@ CONF_DIR = REPO_ROOT / "conf"
 
 
 # The tests' backbone unless a test names one: the random tiny T5 (no pretraining, loads in a second).
-# The embedded default (strings_t5) pre-trains once for minutes; tests that want it say backbone=strings_t5.
+# The embedded default (strings_t5) loads its shipped weights, but a test that changes its recipe
+# pre-trains for minutes; tests that want it say backbone=strings_t5.
 TEST_BACKBONE = "backbone=tiny_t5"
 
 
