@@ -379,13 +379,18 @@ def read_runs_csv(path: str | Path) -> list[dict[str, Any]]:
     number = lambda v: None if v == "" else float(v)  # noqa: E731
     runs = []
     for i, row in enumerate(frame.to_dict("records"), start=2):
-        run: dict[str, Any] = {k: row.get(k) or None for k in ("group", "benchmark", "backbone", "method", "main_metric")}
+        run: dict[str, Any] = {
+            k: row.get(k) or None for k in ("group", "benchmark", "backbone", "method", "main_metric")
+        }
         run |= {"_path": f"{path}:{i}", "git_sha": row.get("git_sha") or None}
         run["seed"] = yaml.safe_load(row["seed"]) if row["seed"] else None
         run["skill_recovery"] = number(row.get("skill_recovery", ""))
         run["wall_time_s"] = number(row.get("wall_time_s", ""))
         run["parameters"] = {k: int(float(row[k])) for k in ("trainable", "total") if row.get(k)}
-        run["selection"] = {"metric": row.get("selection_metric") or None, "step": number(row.get("selection_step", ""))}
+        run["selection"] = {
+            "metric": row.get("selection_metric") or None,
+            "step": number(row.get("selection_step", "")),
+        }
         configs = {k.removeprefix("config:"): yaml.safe_load(v) for k, v in row.items() if k.startswith("config:")}
         run["_config"] = configs
         for split in SPLITS:
@@ -394,7 +399,9 @@ def read_runs_csv(path: str | Path) -> list[dict[str, Any]]:
             parts = key.split("/")
             if len(parts) >= 4 and parts[0] in SPLITS and parts[1] in WHICH and value != "":
                 split, which, task, metric = parts[0], parts[1], "/".join(parts[2:-1]), parts[-1]
-                target = run[split][which]["avg"] if task == "avg" else run[split][which]["per_task"].setdefault(task, {})
+                target = (
+                    run[split][which]["avg"] if task == "avg" else run[split][which]["per_task"].setdefault(task, {})
+                )
                 target[metric] = float(value)
         runs.append(run)
     return runs
@@ -655,7 +662,9 @@ def markdown_table(
             row += [_number(g.task_mean(t)) for t in tasks]
             rows.append(row)
         title = f"## {benchmark or 'unknown benchmark'}: {metric}, {members[0].scores_label} (mean ± std over seeds)"
-        block = [title, ""] * titles + [_markdown_row(header), _markdown_rule(header)] + [_markdown_row(r) for r in rows]
+        block = (
+            [title, ""] * titles + [_markdown_row(header), _markdown_rule(header)] + [_markdown_row(r) for r in rows]
+        )
         if comparisons is not None:
             block += ["", _comparison_block(members, comparisons, titles)]
         blocks.append("\n".join(block))
@@ -815,7 +824,9 @@ def curve_table(groups: Sequence[GroupSummary], x_key: str = DEFAULT_CURVE_X, ti
         label = next(iter(next(iter(lines.values())).values())).scores_label
         title = f"## {benchmark or 'unknown benchmark'}: {metric} against {x_key}, {label} (mean ± std (n) over seeds)"
         rule = _markdown_rule(header, text_columns=1)
-        blocks.append("\n".join([title, ""] * titles + [_markdown_row(header), rule] + [_markdown_row(r) for r in rows]))
+        blocks.append(
+            "\n".join([title, ""] * titles + [_markdown_row(header), rule] + [_markdown_row(r) for r in rows])
+        )
     return "\n\n".join(blocks) + "\n"
 
 
@@ -1051,7 +1062,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--metric", help="the metric to report (default: each run's main_metric)")
     parser.add_argument(
-        "--split", choices=list(SPLITS), default="test", help="the split's scores: test (default) or dev (the selecting one)"
+        "--split",
+        choices=list(SPLITS),
+        default="test",
+        help="the split's scores: test (default) or dev (the selecting one)",
     )
     parser.add_argument(
         "--which",
@@ -1063,16 +1077,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--format",
         choices=["markdown", "csv", "summary-csv"],
         default="markdown",
-        help="markdown tables (default); csv: one row per run (what docs/results/ holds); summary-csv: one row per group",
+        help="markdown tables (default); csv: one row per run (as docs/results/ holds); summary-csv: a row per group",
     )
-    parser.add_argument("--titles", action=argparse.BooleanOptionalAction, default=True, help="section titles (default on)")
+    parser.add_argument(
+        "--titles", action=argparse.BooleanOptionalAction, default=True, help="section titles (default on)"
+    )
     parser.add_argument(
         "--docs",
         action="store_true",
-        help="rewrite every results table in README.md and docs/*.md from the files its <!-- report: ... --> marker names",
+        help="rewrite every results table of README.md and docs/*.md from what its <!-- report: ... --> marker names",
     )
-    parser.add_argument("--check", action="store_true", help="with --docs: write nothing, exit 1 naming each table that differs")
-    parser.add_argument("--root", type=Path, default=Path.cwd(), help="with --docs: the repository root (default: here)")
+    parser.add_argument(
+        "--check", action="store_true", help="with --docs: write nothing, exit 1 naming each table that differs"
+    )
+    parser.add_argument(
+        "--root", type=Path, default=Path.cwd(), help="with --docs: the repository root (default: here)"
+    )
     parser.add_argument(
         "--per-task",
         action=argparse.BooleanOptionalAction,

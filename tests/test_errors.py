@@ -54,6 +54,7 @@ def test_eval_task_absent_from_training_is_named(tmp_path):
     (tmp_path / "train.jsonl").write_bytes(lines(GOOD, GOOD))
     (tmp_path / "eval.jsonl").write_bytes(lines({"task": "b", "source": "x", "target": "y"}))
     files = [f"benchmark.train_file={tmp_path / 'train.jsonl'}", f"benchmark.eval_file={tmp_path / 'eval.jsonl'}"]
+    files.append("benchmark.n_dev_per_task=1")
     with pytest.raises(ConfigError, match=r"evaluates 1 tasks that are not trained \(e.g. b\)"):
         train(compose_train(["debug=smoke", "benchmark=jsonl", *files], tmp_path / "run"))
 
@@ -106,8 +107,10 @@ def test_bad_overrides_fail_when_composed(override, match, tmp_path):
         (["optim.lr=nan"], r"optim.lr=nan: must be a finite number > 0"),
         (["optim.lr=inf"], r"optim.lr=inf: must be a finite number > 0"),
         (["trainer.num_workers=-1"], r"trainer.num_workers=-1"),
+        (["optimized_metric=test/avg/exact_match"], r"optimized_metric='test/avg/exact_match': must be dev/avg/"),
+        (["optimized_metric=val/avg/exact_match"], r"must be dev/avg/<metric>.*the test split is scored once"),
     ],
-    ids=["n_splits", "lr_nan", "lr_inf", "num_workers"],
+    ids=["n_splits", "lr_nan", "lr_inf", "num_workers", "optimized_metric_test", "optimized_metric_val"],
 )
 def test_bad_values_fail_before_anything_loads(overrides, match, tmp_path, monkeypatch):
     from cpoly import run
@@ -115,6 +118,15 @@ def test_bad_values_fail_before_anything_loads(overrides, match, tmp_path, monke
     monkeypatch.setattr(run, "load_benchmark", lambda *a: pytest.fail("data loaded before the config was checked"))
     with pytest.raises(ConfigError, match=match):
         train(compose_train(["debug=smoke", *overrides], tmp_path / "run"))
+
+
+def test_a_dev_split_that_would_leave_no_training_example_is_named(tmp_path, data_dir):
+    """SuperNI with 8 training instances per task cannot hold out 10 of them for dev."""
+    overrides = ["debug=smoke", "benchmark=superni", "benchmark.n_tasks=2", "benchmark.n_train_per_task=8"]
+    match = r"task '\w+' has 8 training units .* benchmark.n_dev_per_task=10 would leave none"
+    with pytest.raises(DataError, match=match):
+        train(compose_train([*overrides, f"paths.data_dir={data_dir}"], tmp_path / "run"))
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_unknown_task_name_at_inference_is_named():
@@ -150,7 +162,7 @@ def test_user_errors_print_one_line_and_exit_with_their_own_status(tmp_path):
 
 
 def test_a_run_folder_in_use_is_refused_with_its_owner_named(tmp_path):
-    with own_run_folder(tmp_path):
+    with own_run_folder(tmp_path, is_main=True):
         with pytest.raises(RunFolderBusy, match=rf"run folder {tmp_path} is in use by pid {os.getpid()} on "):
             train(compose_train(SMOKE, tmp_path))
     assert not (tmp_path / "results.json").exists()
@@ -162,17 +174,18 @@ def test_a_killed_owner_leaves_no_stale_lock(tmp_path):
     """An OS lock: a process killed with SIGKILL while holding the folder does not block the next run."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from cpoly.train.ownership import "
-         "own_run_folder\nwith own_run_folder(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
+         "own_run_folder\nwith own_run_folder(Path(sys.argv[1]), is_main=True):\n"
+         "    print('held', flush=True); time.sleep(60)",
          str(tmp_path)],
         stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RunFolderBusy, match=f"pid {holder.pid}"):
-        with own_run_folder(tmp_path):
+        with own_run_folder(tmp_path, is_main=True):
             pass
     holder.kill()
     holder.wait()
-    with own_run_folder(tmp_path):
+    with own_run_folder(tmp_path, is_main=True):
         pass
 
 

@@ -478,9 +478,7 @@ def test_the_per_run_csv_holds_every_run_and_gives_the_tables_the_folders_give(t
         assert from_csv == from_folders and "cpoly" in from_csv
 
 
-def test_docs_tables_are_rewritten_from_their_csv_and_check_names_the_one_that_differs(
-    tmp_path: Path, capsys
-) -> None:
+def test_docs_tables_are_rewritten_from_their_csv_and_check_names_the_one_that_differs(tmp_path: Path, capsys) -> None:
     for seed in (1, 2):
         write_run(tmp_path / "runs", "cpoly", seed, 70.0 + seed)
         write_run(tmp_path / "runs", "poly", seed, 60.0 + seed)
@@ -496,7 +494,9 @@ def test_docs_tables_are_rewritten_from_their_csv_and_check_names_the_one_that_d
     assert "typed by hand" in readme.read_text()  # --check writes nothing
     assert cli(["--docs", "--root", str(tmp_path)], capsys)[0] == 0
     text = readme.read_text()
-    assert text.startswith("# x\n\nProse before.\n\n" + marker + "\n") and text.endswith("<!-- /report -->\n\nProse after.\n")
+    assert text.startswith("# x\n\nProse before.\n\n" + marker + "\n") and text.endswith(
+        "<!-- /report -->\n\nProse after.\n"
+    )
     assert "typed by hand" not in text and "| synthetic-tiny_t5-cpoly |" in text and "*vs cpoly" in text
     assert "## " not in text.split(marker)[1]  # no section titles inside a document
     assert cli(["--docs", "--check", "--root", str(tmp_path)], capsys)[0] == 0

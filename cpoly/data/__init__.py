@@ -33,7 +33,11 @@ def load_benchmark(cfg: Any, data_dir: str | Path | None) -> BenchmarkData:
     data = loader(cfg, Path(data_dir) if data_dir is not None else None)
     if data.dev is None:  # held out of the training examples (the test split is never touched)
         data.train, data.dev = carve_dev(data.train, cfg.n_dev_per_task, cfg.data_seed, data.name)
-        data.info["dev"] = {"source": "held out of train", "n_dev_per_task": cfg.n_dev_per_task, "data_seed": cfg.data_seed}
+        data.info["dev"] = {
+            "source": "held out of train",
+            "n_dev_per_task": cfg.n_dev_per_task,
+            "data_seed": cfg.data_seed,
+        }
     check_disjoint(data.train, data.dev, data.test, data.name)
     data.info["splits"] = split_counts(data.train, data.dev, data.test)
     return data

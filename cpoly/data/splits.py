@@ -59,4 +59,6 @@ def check_disjoint(train: Sequence[Example], dev: Sequence[Example], test: Seque
     for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
         shared = ids[a] & ids[b]
         if shared:
-            raise DataError(f"benchmark {benchmark}: {len(shared)} examples are in both {a} and {b} (e.g. {min(shared)!r})")
+            raise DataError(
+                f"benchmark {benchmark}: {len(shared)} examples are in both {a} and {b} (e.g. {min(shared)!r})"
+            )

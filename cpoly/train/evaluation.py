@@ -22,7 +22,6 @@ from cpoly.distributed import full_parameters
 from cpoly.eval import score_by_task
 from cpoly.skills import use_tasks
 
-
 # Metric keys: `dev/<task>/<metric>` and `dev/avg/<metric>` (every evaluation), `test/<final|best>/...` (once,
 # at the end). Selection reads dev only: `optimized_metric` is a `dev/avg/<metric>` key.
 DEV_AVERAGE = "dev/avg/"

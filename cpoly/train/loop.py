@@ -41,9 +41,9 @@ from cpoly.config import OptimConfig, TrainerConfig
 from cpoly.data.collate import Collator
 from cpoly.data.sampling import MultiTaskBatchSampler
 from cpoly.skills import pop_aux_loss, skill_state, use_tasks
+from cpoly.skills.io import load_skill_tensors
 from cpoly.train.batches import StepBatches, step_loader
 from cpoly.train.checkpoint import restore_checkpoint, save_checkpoint
-from cpoly.skills.io import load_skill_tensors
 from cpoly.train.evaluation import DEV_AVERAGE, Evaluation
 from cpoly.train.launch import prepare_backend
 from cpoly.train.optim import build_optimizer, build_scheduler, fill_missing_grads, learning_rates
