@@ -350,8 +350,15 @@ def finished_results() -> dict:
         "run_name": "synthetic-tiny_t5-poly_matched-s2",
         "main_metric": "exact_match",
         "parameters": {"trainable": 1234, "total": 99999},
-        "final": {"step": 30, "per_task": per_task, "avg": {"exact_match": 50.0}},
-        "best": {"step": 20, "per_task": best_per_task, "avg": {"exact_match": 60.0}},
+        "dev": {
+            "final": {"step": 30, "per_task": per_task, "avg": {"exact_match": 50.0}},
+            "best": {"step": 20, "per_task": best_per_task, "avg": {"exact_match": 60.0}},
+        },
+        "test": {
+            "final": {"step": 30, "per_task": per_task, "avg": {"exact_match": 45.0}},
+            "best": {"step": 20, "per_task": best_per_task, "avg": {"exact_match": 55.0}},
+        },
+        "selection": {"split": "dev", "metric": "dev/avg/exact_match", "rule": "max", "step": 20, "value": 60.0},
         "skill_recovery": 0.75,
         "steps": 30,
         "train_seconds": 1.0,
@@ -365,7 +372,7 @@ def summary_as_dict(summary) -> dict:
 
 def test_what_a_real_offline_wandb_run_receives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real offline W&B run gets the dashboard keys and the nested config, the per-task series
-    against `train/step`, and a summary with the final and best averages.
+    against `train/step`, and a summary with the dev and test splits' final and best averages.
 
     Route: capture at the calls, plus the run's own summary. The installed wandb (0.31) has no reader
     for the offline `.wandb` transaction log (the Python `wandb.sdk.internal.datastore` is gone; only
@@ -433,10 +440,13 @@ def test_what_a_real_offline_wandb_run_receives(tmp_path: Path, monkeypatch: pyt
     expected = {
         "params/trainable": 1234,
         "params/total": 99999,
-        "final/exact_match": 50.0,
-        "final/step": 30,
-        "best/exact_match": 60.0,
-        "best/step": 20,
+        "dev/final/avg/exact_match": 50.0,
+        "dev/best/avg/exact_match": 60.0,
+        "test/final/avg/exact_match": 45.0,
+        "test/best/avg/exact_match": 55.0,
+        "test/best/task_a/exact_match": 70.0,
+        "selection/step": 20,
+        "selection/value": 60.0,
         "skill_recovery": 0.75,
         "dev/avg/exact_match": {"max": 60.0},  # define_metric(summary="max") on the average
         "dev/task_a/exact_match": 40.0,  # per-task keys: the last value
@@ -447,7 +457,7 @@ def test_what_a_real_offline_wandb_run_receives(tmp_path: Path, monkeypatch: pyt
 
     folders = list((tmp_path / "out" / "wandb").glob(f"offline-run-*-{logger.run_id}"))
     assert len(folders) == 1
-    new_keys = ["method_kind", "examples_per_task", "method_config", "best/step", "dev/task_b/exact_match"]
+    new_keys = ["method_kind", "examples_per_task", "method_config", "selection/step", "dev/task_b/exact_match"]
     records = wait_for_records(folders[0] / f"run-{logger.run_id}.wandb", new_keys)
     assert [k for k in new_keys if k.encode() not in records] == []
 
