@@ -284,6 +284,7 @@ def has_router(skill: SkillConfig) -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Cross-field checks that need no model or data: they fail in seconds, before anything loads."""
+    to_object(cfg.benchmark)  # the benchmark's schema checks its own values (a DataError names the key)
     method: MethodConfig = to_object(cfg.method)
     optim: OptimConfig = to_object(cfg.optim)
     trainer: TrainerConfig = to_object(cfg.trainer)

@@ -120,6 +120,26 @@ def test_bad_values_fail_before_anything_loads(overrides, match, tmp_path, monke
         train(compose_train(["debug=smoke", *overrides], tmp_path / "run"))
 
 
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("benchmark.n_tasks=0", r"benchmark \(synthetic\): n_tasks must be >= 1, got 0"),
+        ("benchmark.atomic_skills=[foo]", r"atomic_skills has unknown names \['foo'\]; known: \['drop_vowels'"),
+        ("benchmark.private_substitutions=-1", r"private_substitutions must lie in \[0, len\(alphabet\)=8\], got -1"),
+        ("benchmark.n_dev_per_task=0", r"n_dev_per_task must be >= 1"),
+    ],
+    ids=["n_tasks", "atomic_skills", "private_substitutions", "n_dev_per_task"],
+)
+def test_bad_synthetic_values_are_a_user_error_before_anything_loads(override, match, tmp_path, monkeypatch):
+    """The synthetic schema checks its own values: a DataError (one line, exit 2), before any model or data."""
+    from cpoly import run
+
+    monkeypatch.setattr(run, "make_accelerator", lambda *a, **k: pytest.fail("work started before the check"))
+    with pytest.raises(DataError, match=match) as error:
+        train(compose_train(["debug=smoke", override], tmp_path / "run"))
+    assert isinstance(error.value, run.USER_ERRORS)
+
+
 def test_a_dev_split_that_would_leave_no_training_example_is_named(tmp_path, data_dir):
     """SuperNI with 8 training instances per task cannot hold out 10 of them for dev."""
     overrides = ["debug=smoke", "benchmark=superni", "benchmark.n_tasks=2", "benchmark.n_train_per_task=8"]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cpoly.data.example import BenchmarkData, Example
-from cpoly.data.io import seeded_rng
+from cpoly.data.io import DataError, seeded_rng
 
 VOWELS = "aeiou"
 
@@ -147,7 +147,7 @@ class SyntheticConfig:
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
-                raise ValueError(f"benchmark (synthetic): {message}")
+                raise DataError(f"benchmark (synthetic): {message}")
 
         need(self.n_tasks >= 1, f"n_tasks must be >= 1, got {self.n_tasks}")
         need(self.n_train_per_task >= 1, f"n_train_per_task must be >= 1, got {self.n_train_per_task}")
@@ -190,7 +190,7 @@ class SyntheticConfig:
         try:
             self.source_template.format(input="x", task="t")
         except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(
+            raise DataError(
                 f"benchmark (synthetic): source_template {self.source_template!r} may only use "
                 f"{{input}} and {{task}} ({err})"
             ) from None
@@ -228,7 +228,7 @@ def _task_skill_sets(cfg: SyntheticConfig, rng: random.Random, probes: list[str]
             by_behaviour.setdefault(outputs, combo)
     distinct = list(by_behaviour.values())
     if len(distinct) < cfg.n_tasks:
-        raise ValueError(
+        raise DataError(
             f"benchmark (synthetic): n_tasks={cfg.n_tasks} but only {len(distinct)} distinct tasks can "
             f"be composed from atomic_skills={cfg.atomic_skills} with {cfg.min_skills_per_task}-"
             f"{cfg.max_skills_per_task} skills each"
@@ -241,7 +241,7 @@ def _task_skill_sets(cfg: SyntheticConfig, rng: random.Random, probes: list[str]
         if all(sum(s in combo for combo in chosen) >= need_per_skill for s in order):
             break
     else:
-        raise ValueError(
+        raise DataError(
             f"benchmark (synthetic): could not draw {cfg.n_tasks} tasks using every atomic skill at least "
             f"min_tasks_per_skill={cfg.min_tasks_per_skill} times; lower it or add tasks"
         )
@@ -262,7 +262,7 @@ def _private_tables(cfg: SyntheticConfig, rng: random.Random) -> list[dict[str, 
         table = {a: rng.choice([b for b in cfg.alphabet if b != a]) for a in sources}
         tables.setdefault(tuple(sorted(table.items())), table)
     if len(tables) < cfg.n_tasks:
-        raise ValueError(
+        raise DataError(
             f"benchmark (synthetic): could not draw {cfg.n_tasks} distinct substitutions of "
             f"private_substitutions={cfg.private_substitutions} letters over alphabet {cfg.alphabet!r}"
         )
@@ -306,7 +306,7 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
                 seen.add(word)
                 words.append(word)
         if len(words) < n_total:
-            raise ValueError(
+            raise DataError(
                 f"benchmark (synthetic): only {len(words)} distinct inputs exist for task {task!r}, need "
                 f"n_train_per_task + n_eval_per_task = {n_total}; widen the alphabet or the lengths"
             )
@@ -356,7 +356,7 @@ def _dev_examples(
             seen.add(word)
             words.append(word)
     if len(words) < cfg.n_dev_per_task:
-        raise ValueError(
+        raise DataError(
             f"benchmark (synthetic): only {len(words)} more distinct inputs exist for task {task!r} beside its "
             f"train and test words, need n_dev_per_task={cfg.n_dev_per_task}; widen the alphabet or the lengths"
         )
