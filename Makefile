@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNI
 TEST_ENV := $(OFFLINE) WANDB_MODE=disabled CPOLY_DATA_DIR=$${CPOLY_DATA_DIR:-$(SHARED_DATA)}
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-full lint format smoke clean clean-logs
+.PHONY: help install run test test-all test-full lint format smoke docs-tables clean clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,11 +26,16 @@ install: $(STAMP) ## create .venv and install the project with its dev and backb
 run: $(STAMP) ## the main job: train C-Poly on the synthetic benchmark with tiny_t5, offline, on CPU
 	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python train.py $(ARGS)
 
-test: $(STAMP) ## the test suite (offline, CPU; skips slow-marked real-backbone tests only when asked)
+test: $(STAMP) ## the fast tier: every test not marked slow (offline, CPU), the one to run while working
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-all: $(STAMP) ## every test (slow ones included; gpu-marked ones run where CUDA exists): what CI runs
 	$(TEST_ENV) $(BIN)/python -m pytest -q $(ARGS)
 
-test-full: $(STAMP) ## the test suite including gpu-marked tests where a GPU exists
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "" $(ARGS)
+test-full: test-all ## the old name of test-all
+
+docs-tables: $(STAMP) ## rewrite the results tables of README.md and docs/ from docs/results/*.csv
+	$(BIN)/python -m cpoly.report --docs
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

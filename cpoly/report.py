@@ -136,6 +136,11 @@ class GroupSummary:
         self.label = self.label or self.group
 
     @property
+    def short_label(self) -> str:
+        """The column's split and selection: `test, final` or `test, best on dev`."""
+        return f"{self.split}, {'final' if self.which == 'final' else 'best on dev'}"
+
+    @property
     def scores_label(self) -> str:
         """Which split and which selection the scores are, as every table and figure says it."""
         which = "final adapters" if self.which == "final" else "best/ (the step chosen on dev)"
@@ -651,7 +656,7 @@ def markdown_table(
     for (benchmark, metric), members in sections(groups).items():
         tasks = task_names(members) if per_task else []
         recovery = any(g.skill_recovery for g in members)
-        header = ["group", "backbone", "method", "seeds", f"{metric} (avg)", "95% CI"]
+        header = ["group", "backbone", "method", "seeds", f"{metric} ({members[0].short_label})", "95% CI"]
         header += ["skill recovery"] * recovery + ["trainable params", "trainable %"] + tasks
         rows = []
         for g in members:
@@ -817,7 +822,8 @@ def curve_table(groups: Sequence[GroupSummary], x_key: str = DEFAULT_CURVE_X, ti
     blocks = []
     for (benchmark, metric), lines in curve_points(groups, x_key).items():
         xs = _x_values(lines)
-        header = ["group"] + [f"{x_key}={format_value(x)}" for x in xs]
+        first = next(iter(next(iter(lines.values())).values()))
+        header = [f"{metric} ({first.short_label})"] + [f"{x_key}={format_value(x)}" for x in xs]
         rows = []
         for line, points in lines.items():
             rows.append([line] + [_mean_std_n(points[x]) if x in points else "" for x in xs])
