@@ -114,7 +114,9 @@ class TrainerConfig:
     # true: CPU even where a GPU exists; null: CPU processes where no CUDA device exists (several launched
     # processes then form a gloo group); false: never ask Accelerate for CPU processes
     cpu: bool | None = None
-    cpu_threads: int | None = None  # torch intra-op threads on CPU (null: torch's default); 1 suits tiny models
+    # torch intra-op threads on a CPU: 1 (the default) gives the same numbers on any machine, whatever its core count
+    # or load, and does not stall when other processes share the cores; null: torch's default (every core)
+    cpu_threads: int | None = 1
     progress_bar: bool = True
     # DataLoader worker processes building the coming steps' batches (0: on the training thread), and how
     # many steps each builds ahead
