@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNI
 TEST_ENV := $(OFFLINE) WANDB_MODE=disabled CPOLY_DATA_DIR=$${CPOLY_DATA_DIR:-$(SHARED_DATA)}
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all test-full lint format smoke docs-tables clean clean-logs
+.PHONY: help install run test test-all lint format smoke docs-tables clean clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,7 +32,6 @@ test: $(STAMP) ## the fast tier: every test not marked slow (offline, CPU), the 
 test-all: $(STAMP) ## every test (slow ones included; gpu-marked ones run where CUDA exists): what CI runs
 	$(TEST_ENV) $(BIN)/python -m pytest -q $(ARGS)
 
-test-full: test-all ## the old name of test-all
 
 docs-tables: $(STAMP) ## rewrite the results tables of README.md and docs/ from docs/results/*.csv
 	$(BIN)/python -m cpoly.report --docs

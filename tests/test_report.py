@@ -390,7 +390,8 @@ def test_curve_table_and_log_axis(tmp_path: Path) -> None:
     lines = curve_table(quiet(tmp_path)).splitlines()
     assert lines[0].startswith("## synthetic: char_similarity against benchmark.n_train_per_task")
     header = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert header == ["char_similarity (test, final)"] + [f"benchmark.n_train_per_task={n}" for n in (10, 100, 1000)]  # numeric order
+    xs = [f"benchmark.n_train_per_task={n}" for n in (10, 100, 1000)]  # numeric order
+    assert header == ["char_similarity (test, final)", *xs]
     assert "| synthetic-tiny_t5-poly | 30.00 ± 0.00 (3) | 44.00 (1) | 70.00 ± 0.00 (3) |" in lines
     assert "| synthetic-tiny_t5-cpoly | 40.00 ± 2.00 (3) | 60.00 ± 2.00 (3) | 80.00 ± 2.00 (3) |" in lines
     assert log_x_axis([10, 100, 1000]) and not log_x_axis([100, 400, 800]) and not log_x_axis([0, 100])

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpoly.backbones.errors import BackboneConfigError
+from cpoly.backbones.recipe import StringPretraining
+
+__all__ = ["BYT5_TOKENIZER", "BackboneConfig", "BackboneConfigError"]
+
 KINDS = ("seq2seq", "causal", "encoder")
 # hub: a Hugging Face Hub id or a local checkpoint directory. random: a freshly initialised model whose
 # architecture is `model_overrides` (with `model_type`) on top of `model_id`'s config when given.
@@ -26,10 +31,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # float64: exact
 POOLINGS = ("cls", "mean")
 # A tokenizer that needs no files: bytes plus T5's specials, 384 ids (pad 0, eos 1, unk 2).
 BYT5_TOKENIZER = "byt5"
-
-
-class BackboneConfigError(ValueError):
-    """An invalid `BackboneConfig` value; the message names the field and the value."""
 
 
 @dataclass
@@ -141,8 +142,6 @@ class BackboneConfig:
             self._fail("model_overrides", dict(self.model_overrides), "source=inhouse needs model_overrides.model_type")
         if not isinstance(self.pretraining, Mapping):
             self._fail("pretraining", self.pretraining, "must be a mapping of recipe settings")
-        from cpoly.backbones.strings import StringPretraining  # late: keeps the schema import light
-
         StringPretraining.from_mapping(self.pretraining, self.name)
 
     def _check_target_modules(self) -> None:
