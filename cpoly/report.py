@@ -1013,7 +1013,8 @@ def render_docs_table(args: str, root: Path) -> str:
     import shlex
 
     argv = shlex.split(args)
-    if any(a.startswith(("--plot", "--curve", "--dendrogram", "--docs", "--format")) for a in argv):
+    refused = ("--plot", "--curve", "--dendrogram", "--docs", "--format", "--check", "--root")
+    if any(a.split("=")[0] in refused for a in argv):
         raise ReportError(f"report: {args}: a docs table takes table arguments only (no figures, --format or --docs)")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.chdir(root), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
