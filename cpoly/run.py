@@ -37,7 +37,15 @@ from cpoly.skills import SkillConfig, add_skills, count_parameters, enable_gradi
 from cpoly.skills.config import SkillConfigError
 from cpoly.skills.io import read_adapter
 from cpoly.skills.matching import Matching, adapted_shapes, match_parameters
-from cpoly.skills.transfer import PARTS, TransferError, check_fits, find_library, load_library, set_trainable
+from cpoly.skills.transfer import (
+    PARTS,
+    TransferError,
+    check_fits,
+    find_library,
+    load_library,
+    set_trainable,
+    task_order,
+)
 from cpoly.train.evaluation import DEV_AVERAGE, evaluate
 from cpoly.train.launch import make_accelerator
 from cpoly.train.loop import LoopState, TrainingDiverged, TrainLoop
@@ -198,6 +206,8 @@ def _train(
     set_seed(cfg.seed)
 
     data = load_benchmark(cfg.benchmark, cfg.paths.data_dir)
+    if cfg.get("init_from"):  # the library's known tasks first, in its order: they compute what they did
+        data.task_names = task_order(find_library(cfg.init_from, cfg.transfer.checkpoint), data.task_names)
     check_routing_covers_eval(data, method.unknown_task)
     encoder = backbone_cfg.kind == "encoder"
     backbone = load_backbone(

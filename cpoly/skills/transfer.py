@@ -7,6 +7,7 @@ the run's own task list) everything of the tasks the library knows:
   allocation logits, W_B, bottlenecks, task skills       the rows / slices of each known task, wherever it
                                                          sits in the new task list
   per-task heads (encoders' `task_heads.<i>`)            by task
+The run lists the known tasks first, in the library's order (`task_order`), then the new ones.
 New tasks keep what `add_skills` gave them (fresh exclusive skills A ~ U, B = 0, so a new task starts as
 the library's routed mixture; W_B and bottleneck rows as at initialisation; fresh heads) except their
 allocation row: zero logits (`uniform`) or the known tasks' mean row (`mean`). Because W_B starts
@@ -154,6 +155,18 @@ def check_fits(library: Library, wanted: SkillConfig, backbone: str | None) -> N
             f"init_from={library.path}: the checkpoint does not fit this run ({len(differences)} "
             f"difference{'s' if len(differences) > 1 else ''}): " + "; ".join(differences)
         )
+
+
+def task_order(library: Library, tasks: Sequence[str]) -> list[str]:
+    """The run's tasks as the model lists them: the library's known tasks first, in the library's order,
+    then the new ones in the run's order. Known tasks then keep their positions, so even C-Poly's dense
+    W_B (a matmul over every task's skills) computes a known task's mixture with the same operands in the
+    same order, and its outputs stay bit for bit what they were (a reordered list gives the same values
+    up to float rounding)."""
+    wanted = set(tasks)
+    return [t for t in library.config.task_names if t in wanted] + [
+        t for t in tasks if t not in set(library.config.task_names)
+    ]
 
 
 def _part(name: str) -> str:
