@@ -19,6 +19,7 @@ from cpoly.skills.io import read_adapter, read_skill_tensors
 from cpoly.skills.transfer import find_library, load_library, part_parameters, set_trainable, task_order
 from cpoly.train.optim import build_optimizer
 
+STRINGS = ["method=cpoly", "backbone=strings_t5"]
 SMALL_DATA = ["benchmark.n_tasks=4", "benchmark.n_train_per_task=40", "benchmark.n_eval_per_task=6"]
 # The run's tasks: known ones reordered, new ones between them
 GROWN = ["new_x", "task_c", "task_a", "new_y", "task_b"]
@@ -246,3 +247,56 @@ def test_a_peft_poly_adapter_is_a_library(tmp_path):
     layer_name, layer = next((n, m) for n, m in model.named_modules() if hasattr(m, "allocation"))
     peft_key = next(k for k in saved if k.endswith(f"{layer_name}.poly_router.module_logits"))
     assert torch.equal(layer.allocation.logits[1], saved[peft_key].mean(0))
+
+
+@pytest.fixture(scope="module")
+def seen_library(tmp_path_factory, cache_dir):
+    """A C-Poly library trained on the seen tasks of a benchmark with 2 held-out tasks (on the pre-trained
+    strings_t5, whose predictions are words rather than tiny_t5's empty strings)."""
+    out = tmp_path_factory.mktemp("seen_library")
+    return out, run([*STRINGS, "benchmark.n_heldout_tasks=2"], out, cache_dir)
+
+
+def test_transfer_to_heldout_tasks_trains_their_routing_and_exclusive_skills(seen_library, tmp_path, cache_dir):
+    lib_dir, lib_results = seen_library
+    overrides = [
+        *STRINGS,
+        f"init_from={lib_dir}",
+        "transfer=routing_task_skills",
+        "benchmark.n_heldout_tasks=2",
+        "benchmark.task_pool=[heldout]",
+        "benchmark.n_train_per_task=4",
+    ]
+    results = run(overrides, tmp_path, cache_dir)
+    heldout = results["benchmark_info"]["heldout_tasks"]
+    assert results["tasks"] == heldout and len(heldout) == 2
+    assert results["transfer"]["known_tasks"] == [] and results["transfer"]["new_tasks"] == heldout
+    assert results["n_train"] == 8 and set(results["test"]["final"]["per_task"]) == set(heldout)
+    parts = results["transfer"]["parameters_by_part"]
+    assert results["transfer"]["trained_parameters"] == parts["routing"] + parts["task_skills"]
+    before, after = read_skill_tensors(lib_dir / "best"), read_skill_tensors(tmp_path / "last")
+    for key in (k for k in before if ".shared_" in k):
+        assert torch.equal(before[key], after[key]), key
+    assert all(after[k].shape[1] == 2 for k in after if k.endswith(".task_B"))  # one exclusive skill per new task
+
+
+def test_scoring_the_library_with_heldout_tasks_added_keeps_the_seen_tasks_scores(seen_library, tmp_path, cache_dir):
+    lib_dir, lib_results = seen_library
+    overrides = [
+        *STRINGS,
+        f"init_from={lib_dir}",
+        "trainer.max_steps=0",
+        "transfer.new_task_routing=mean",
+        "benchmark.n_heldout_tasks=2",
+        "benchmark.task_pool=[seen,heldout]",
+    ]
+    results = run(overrides, tmp_path, cache_dir)
+    seen = results["benchmark_info"]["seen_tasks"]
+    assert results["transfer"]["known_tasks"] == seen and results["tasks"][: len(seen)] == seen
+    for task in seen:
+        assert results["test"]["best"]["per_task"][task] == lib_results["test"]["best"]["per_task"][task]
+    # every prediction of a seen task is the library's own, word for word
+    predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    library_predictions = (lib_dir / "predictions_best.jsonl").read_text().splitlines()
+    assert [p for p in predictions if p["task"] in seen] == [json.loads(line) for line in library_predictions]
+    assert any(p["prediction"] for p in predictions)  # words, not empty strings
