@@ -300,3 +300,23 @@ def test_scoring_the_library_with_heldout_tasks_added_keeps_the_seen_tasks_score
     library_predictions = (lib_dir / "predictions_best.jsonl").read_text().splitlines()
     assert [p for p in predictions if p["task"] in seen] == [json.loads(line) for line in library_predictions]
     assert any(p["prediction"] for p in predictions)  # words, not empty strings
+
+
+def test_the_wandb_config_records_the_library_and_what_trained(library, tmp_path, cache_dir, monkeypatch):
+    from cpoly import run as run_module
+
+    seen = {}
+    real = run_module.WandbLogger
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs["config"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "WandbLogger", recording)
+    lib_dir, lib_results = library
+    results = run(["method=cpoly", f"init_from={lib_dir}", "transfer=routing"], tmp_path, cache_dir)
+    assert seen["init_from"] == str(lib_dir)
+    assert seen["init_from_source"] == results["init_from"]
+    assert seen["init_from_source"]["run_name"] == lib_results["run_name"]
+    assert seen["init_from_source"]["git_sha"] == lib_results["git_sha"]
+    assert seen["transfer_run"]["trained_parameters"] == results["transfer"]["trained_parameters"]
