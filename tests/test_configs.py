@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from cpoly.config import ConfigError, check_config, skills_tag, to_object
 
-GROUPS = ["backbone", "method", "benchmark", "optim", "trainer", "logger", "paths"]
+GROUPS = ["backbone", "method", "benchmark", "optim", "trainer", "transfer", "logger", "paths"]
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
