@@ -90,24 +90,23 @@ class Library:
 
 
 def _run_facts(run_dir: Path) -> dict[str, Any]:
-    """run_name, git_sha and backbone of a run folder, from results.json, else config_resolved.yaml."""
-    facts: dict[str, Any] = {}
-    results = run_dir / "results.json"
-    if results.is_file():
+    """run_name, git_sha and backbone of a run folder: from its results.json (a finished run), else what its
+    config_resolved.yaml says (a run that has not finished: no git SHA)."""
+    facts: dict[str, Any] = {"run_name": None, "git_sha": None, "backbone": None}
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+        facts |= {k: results.get(k) for k in facts}
+    except (OSError, json.JSONDecodeError):
+        pass
+    if facts["run_name"] is None or facts["backbone"] is None:
         try:
-            data = json.loads(results.read_text())
-            facts = {k: data.get(k) for k in ("run_name", "git_sha", "backbone")}
-        except (OSError, json.JSONDecodeError):
-            pass
-    config = run_dir / "config_resolved.yaml"
-    if config.is_file() and (facts.get("run_name") is None or facts.get("backbone") is None):
-        from omegaconf import OmegaConf
+            from omegaconf import OmegaConf
 
-        resolved = OmegaConf.load(config)
-        facts.setdefault("run_name", None)
+            resolved = OmegaConf.to_container(OmegaConf.load(run_dir / "config_resolved.yaml"))
+        except (OSError, ValueError):
+            resolved = {}
         facts["run_name"] = facts["run_name"] or resolved.get("run_name")
-        backbone = resolved.get("backbone")
-        facts["backbone"] = facts.get("backbone") or (backbone.get("name") if backbone is not None else None)
+        facts["backbone"] = facts["backbone"] or (resolved.get("backbone") or {}).get("name")
     return facts
 
 
