@@ -134,6 +134,20 @@ class TrainerConfig:
 
 
 @dataclass
+class TransferConfig:
+    """Starting from a trained skill library (`init_from`, docs/transfer.md): which checkpoint of a run
+    folder, how new tasks are routed at first, which parts train. Read only when `init_from` is set."""
+
+    name: str = MISSING  # the option's file name: it names the variant in the run's group (`-from_<name>`)
+    checkpoint: str = "best"  # best | last: the folder read from a run folder (an adapter folder is read as is)
+    new_task_routing: str = "uniform"  # uniform (zero allocation logits) | mean (the known tasks' mean row)
+    # routing (allocation logits, task weights W_B, bottlenecks, token gates), task_skills, shared_skills,
+    # heads; the rest is frozen and has no optimizer state
+    trainable: list[str] = field(default_factory=lambda: ["routing", "task_skills", "shared_skills", "heads"])
+    average_skills: bool = False  # MHR-mu: every shared skill becomes the library's mean skill before training
+
+
+@dataclass
 class LoggerConfig:
     """`name: none` keeps only the local logs; `name: wandb` adds a Weights & Biases run."""
 
@@ -164,6 +178,7 @@ SCHEMAS = {
     "method": {"method_schema": MethodConfig},
     "optim": {"optim_schema": OptimConfig},
     "trainer": {"trainer_schema": TrainerConfig},
+    "transfer": {"transfer_schema": TransferConfig},
     "logger": {"logger_schema": LoggerConfig},
     "paths": {"paths_schema": PathsConfig},
 }
@@ -227,6 +242,12 @@ def skills_tag(
     return tag if match_params is None else f"{tag}-match_{match_params}"
 
 
+def transfer_tag(variant: str, init_from: str | None) -> str:
+    """The transfer variant in a run name: `-from_routing` for a run started from a library with the
+    `transfer=routing` option; nothing for a run from scratch (its name is what it always was)."""
+    return "" if init_from in (None, "", "None") else f"-from_{variant}"
+
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_DIR / "conf"
 # Named experiments live at the top level (`experiments/<name>.yaml`), outside `conf/`, and are the
@@ -243,6 +264,8 @@ def register_configs() -> None:
     register_experiments(store, EXPERIMENTS_DIR)
     if not OmegaConf.has_resolver("cpoly_skills_tag"):
         OmegaConf.register_new_resolver("cpoly_skills_tag", skills_tag)
+    if not OmegaConf.has_resolver("cpoly_transfer_tag"):
+        OmegaConf.register_new_resolver("cpoly_transfer_tag", transfer_tag)
 
 
 def method_option(name: str) -> MethodConfig:
@@ -318,8 +341,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.scheduler={optim.scheduler!r}: must be one of linear, cosine, constant")
     if not 0 <= optim.warmup_ratio < 1:
         raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio}: must lie in [0, 1)")
+    if trainer.max_steps < 0 or (trainer.max_steps == 0 and not cfg.get("init_from")):
+        raise ConfigError(
+            f"trainer.max_steps={trainer.max_steps}: must be >= 1 (0 evaluates a library as it is: only with init_from)"
+        )
     for name in (
-        "max_steps",
         "batch_size",
         "grad_accum",
         "eval_every",
@@ -353,6 +379,33 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.logger.name == "wandb" and cfg.logger.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.mode={cfg.logger.mode!r}: must be offline, online or disabled")
     _check_splits_fit_backbone(skill, backbone)
+    _check_transfer(cfg, skill, backbone)
+
+
+def _check_transfer(cfg: DictConfig, skill: SkillConfig, backbone: BackboneConfig) -> None:
+    """transfer.* values, and with init_from, that the checkpoint fits this run (it is read, not loaded)."""
+    from cpoly.skills.transfer import CHECKPOINTS, NEW_TASK_ROUTING, PARTS, TransferError, check_fits, find_library
+
+    transfer = to_object(cfg.transfer)
+    if transfer.checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"transfer.checkpoint={transfer.checkpoint!r}: must be one of {', '.join(CHECKPOINTS)}")
+    if transfer.new_task_routing not in NEW_TASK_ROUTING:
+        raise ConfigError(
+            f"transfer.new_task_routing={transfer.new_task_routing!r}: must be one of {', '.join(NEW_TASK_ROUTING)}"
+        )
+    unknown = [p for p in transfer.trainable if p not in PARTS]
+    if unknown or not transfer.trainable or len(set(transfer.trainable)) != len(transfer.trainable):
+        raise ConfigError(
+            f"transfer.trainable={list(transfer.trainable)}: a non-empty list without repeats of {', '.join(PARTS)}"
+        )
+    init_from = cfg.get("init_from")
+    if not init_from:
+        return
+    try:
+        library = find_library(init_from, transfer.checkpoint)
+        check_fits(library, skill, backbone.name)
+    except TransferError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_optimized_metric(name: str | None) -> None:

@@ -35,7 +35,8 @@ Flags:
                         a group label (that one group is the baseline of every group in its section), or a
                         method or group name: then each group is paired with the group of that method that
                         has the same backbone and the same values of every differing key except the
-                        method's own (`method.*` and METHOD_DERIVED_KEYS); none or several: n/a, and why.
+                        method's own (`method.*`, METHOD_DERIVED_KEYS, and `init_from` and `transfer.*`:
+                        a transfer variant is part of its arm); none or several: n/a, and why.
                         Prints a "vs M" table per section: pairs, mean and std of the differences
                         (group - baseline), their 95% CI and a two-sided p-value; n/a with < 2 pairs
   --test ttest|bootstrap
@@ -97,6 +98,9 @@ METHOD_KEY_PREFIX = "method."
 # Keys outside `method.` that the config interpolates from it (conf/optim/adamw.yaml:
 # `router_lr: ${method.router_lr}`): they differ between methods and count as the method's.
 METHOD_DERIVED_KEYS = ("optim.router_lr",)
+# A run started from a library: where from and what trained make the (method, variant) arm, so a baseline
+# from scratch (--baseline task_lora) is matched on every other key (docs/transfer.md).
+TRANSFER_KEY_PREFIXES = ("init_from", "transfer.")
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
@@ -438,7 +442,7 @@ def is_bookkeeping(key: str) -> bool:
 
 
 def is_method_key(key: str) -> bool:
-    return key.startswith(METHOD_KEY_PREFIX) or key in METHOD_DERIVED_KEYS
+    return key.startswith(METHOD_KEY_PREFIX) or key in METHOD_DERIVED_KEYS or key.startswith(TRANSFER_KEY_PREFIXES)
 
 
 def _canonical(value: Any) -> str:

@@ -35,7 +35,17 @@ from cpoly.data.tokenize import tokenize_examples
 from cpoly.logging import WandbLogger
 from cpoly.skills import SkillConfig, add_skills, count_parameters, enable_gradient_checkpointing
 from cpoly.skills.config import SkillConfigError
+from cpoly.skills.io import read_adapter
 from cpoly.skills.matching import Matching, adapted_shapes, match_parameters
+from cpoly.skills.transfer import (
+    PARTS,
+    TransferError,
+    check_fits,
+    find_library,
+    load_library,
+    set_trainable,
+    task_order,
+)
 from cpoly.train.evaluation import DEV_AVERAGE, evaluate
 from cpoly.train.launch import make_accelerator
 from cpoly.train.loop import LoopState, TrainingDiverged, TrainLoop
@@ -94,6 +104,43 @@ def sized_skill_config(
         matching.field, matching.value, matching.parameters, matching.reference_parameters, matching.reference,
     )  # fmt: skip
     return skill_config, matching
+
+
+def start_from_library(
+    cfg: DictConfig, model: torch.nn.Module, skill_config: SkillConfig, backbone_cfg: BackboneConfig
+) -> dict[str, Any]:
+    """`init_from`: load the library's known tasks into the fresh skills, add the new ones, freeze what
+    `transfer.trainable` does not name (docs/transfer.md); returns what results.json records of it."""
+    settings = to_object(cfg.transfer)
+    try:
+        library = find_library(cfg.init_from, settings.checkpoint)
+        check_fits(library, skill_config, backbone_cfg.name)  # the run's sized config (match_params)
+        _, _, tensors = read_adapter(library.directory)
+        loaded = load_library(model, library, tensors, settings.new_task_routing, settings.average_skills)
+    except TransferError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.trainer.max_steps == 0:  # nothing steps: nothing is frozen, nothing trains
+        trained = {"trainable": [], "parameters_by_part": set_trainable(model, PARTS)["parameters_by_part"]}
+        trained["trained_parameters"] = 0
+    else:
+        trained = set_trainable(model, settings.trainable)
+        if trained["trained_parameters"] == 0:
+            raise ConfigError(
+                f"transfer.trainable={list(settings.trainable)}: method {skill_config.method} has no such "
+                "parameters, so nothing would train (trainer.max_steps=0 scores the library as it is)"
+            )
+    log.info(
+        "init_from %s (%s): %d known tasks, %d new; training %s (%d parameters)",
+        library.directory, library.run_name, len(loaded["known_tasks"]), len(loaded["new_tasks"]),
+        trained["trainable"], trained["trained_parameters"],
+    )  # fmt: skip
+    return {
+        "init_from": library.record(),
+        "checkpoint": settings.checkpoint,
+        "variant": settings.name,
+        **loaded,
+        **trained,
+    }
 
 
 def throughput(state: LoopState, accelerator: Accelerator) -> dict[str, Any]:
@@ -159,6 +206,8 @@ def _train(
     set_seed(cfg.seed)
 
     data = load_benchmark(cfg.benchmark, cfg.paths.data_dir)
+    if cfg.get("init_from"):  # the library's known tasks first, in its order: they compute what they did
+        data.task_names = task_order(find_library(cfg.init_from, cfg.transfer.checkpoint), data.task_names)
     check_routing_covers_eval(data, method.unknown_task)
     encoder = backbone_cfg.kind == "encoder"
     backbone = load_backbone(
@@ -170,6 +219,7 @@ def _train(
     modules_to_save = backbone.model.modules_to_save if encoder else []
     skill_config, matching = sized_skill_config(method, data.task_names, backbone, modules_to_save)
     model = add_skills(backbone.model, skill_config)
+    transfer = start_from_library(cfg, model, skill_config, backbone_cfg) if cfg.get("init_from") else None
     model.to(accelerator.device)
     if backbone_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -208,7 +258,9 @@ def _train(
     wandb = WandbLogger(
         settings={**config["logger"], "dir": str(out)},
         run_name=cfg.run_name,
-        config=config,
+        config=config
+        if transfer is None
+        else {**config, "init_from_source": transfer["init_from"], "transfer_run": transfer},
         run_id=resume_state.get("wandb_run_id") if resume_state else None,
         skills=skill_config,
         enabled=is_main and cfg.logger.name == "wandb",
@@ -259,6 +311,8 @@ def _train(
             "metric": data.metric,
             "main_metric": data.main_metric,
             "parameters": count_parameters(model),
+            "init_from": transfer["init_from"] if transfer else None,
+            "transfer": {k: v for k, v in transfer.items() if k != "init_from"} if transfer else None,
             "parameter_matching": matching.to_dict() if matching else None,
             "throughput": throughput(state, accelerator),
             "git_sha": git_sha(Path(cfg.paths.root_dir)),

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from cpoly.config import ConfigError, check_config, skills_tag, to_object
 
-GROUPS = ["backbone", "method", "benchmark", "optim", "trainer", "logger", "paths"]
+GROUPS = ["backbone", "method", "benchmark", "optim", "trainer", "transfer", "logger", "paths"]
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
@@ -25,7 +25,13 @@ def test_every_option_composes_and_its_name_is_its_file_name(group, option, tmp_
 
 @pytest.mark.parametrize("option", group_options("experiment"))
 def test_every_experiment_composes_and_passes_the_checks(option, tmp_path):
-    cfg = compose_train([f"experiment={option}"], output_dir=tmp_path)
+    cfg = compose_train([f"experiment={option}", f"paths.log_dir={tmp_path / 'logs'}"], output_dir=tmp_path)
+    if cfg.get("init_from"):  # a transfer stage 2: every check passes up to the library, which stage 1 writes
+        library = tmp_path / "logs" / "transfer_library"
+        assert str(cfg.init_from).startswith(str(library))
+        with pytest.raises(ConfigError, match=f"init_from={library}/.*: no such folder"):
+            check_config(cfg)  # the library check is the last of the checks
+        return
     check_config(cfg)
 
 

@@ -345,3 +345,33 @@ def test_hub_is_used_without_local_data_when_online(tmp_path, monkeypatch):
     data = load_superni(_small(n_tasks=1, n_train_per_task=8, n_eval_per_task=4, task_pool=["train"]), tmp_path)
     assert data.info["source"] == "hub" and data.task_names == ["task1_train"]
     assert (len(data.train), len(data.test)) == (8, 4)
+
+
+def test_cross_task_few_shot_pool_of_the_test_tasks(tmp_path):
+    """k training instances of each unseen test task, from outside its evaluation instances, with a dev
+    split of its own held out of the drawn ones; the evaluation instances and the train tasks' draws stay."""
+    from cpoly.data import load_benchmark
+
+    _write_upstream(
+        tmp_path / "natural-instructions",
+        {"task001_upper": _upstream_task("task001", 30), "task003_lower": _upstream_task("task003", 30)},
+    )
+    base = dict(protocol="cross_task", n_tasks=None, task_pool=["train"], n_eval_per_task=7, n_dev_per_task=3)
+    zero = load_benchmark(_small(**base), tmp_path)
+    few = load_benchmark(_small(**base, few_shot_per_task=4), tmp_path)
+    only = load_benchmark(_small(**base, few_shot_per_task=4, few_shot_only=True), tmp_path)
+    assert zero.task_names == ["task001_upper"] and few.task_names == ["task001_upper", "task003_lower"]
+    assert only.task_names == ["task003_lower"] and only.info["few_shot_only"] is True
+    evaluation = [f"task003-{i}" for i in range(7)]  # the first n_eval_per_task, in file order, as before
+    assert [ex.id for ex in zero.test] == [ex.id for ex in few.test] == [ex.id for ex in only.test] == evaluation
+    for data in (few, only):
+        pool = [ex.id for ex in data.train if ex.task == "task003_lower"]
+        dev = [ex.id for ex in data.dev if ex.task == "task003_lower"]
+        assert len(pool) == 4 and len(dev) == 3 and not (set(pool) | set(dev)) & set(evaluation)
+    assert [ex.id for ex in few.train if ex.task == "task003_lower"] == [ex.id for ex in only.train]
+    seen = lambda data: [ex.id for ex in data.train + data.dev if ex.task == "task001_upper"]  # noqa: E731
+    assert seen(few) == seen(zero)  # the train task's train and dev are untouched
+    with pytest.raises(DataError, match="few_shot_per_task=30: test task 'task003_lower' has 23 usable"):
+        load_superni(_small(**base, few_shot_per_task=30), tmp_path)
+    with pytest.raises(DataError, match="set protocol=cross_task"):
+        load_superni(_small(few_shot_per_task=4), tmp_path)

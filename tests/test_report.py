@@ -519,3 +519,30 @@ def test_the_committed_docs_tables_match_their_results() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_transfer_arms_are_paired_with_a_from_scratch_baseline_at_each_size(tmp_path: Path) -> None:
+    """A run from a library (init_from, transfer.*) is its own arm, one group per (method, variant, size),
+    and --baseline task_lora pairs it with task_lora from scratch at the same size."""
+    for n_train in (4, 16):
+        for seed in (1, 2, 3):
+            write_run(tmp_path, "task_lora", seed, 40.0 + n_train + seed, benchmark__n_train_per_task=n_train)
+            for variant, trainable in (("routing", ["routing"]), ("all", ["routing", "shared_skills"])):
+                folder = write_run(
+                    tmp_path,
+                    "cpoly",
+                    seed,
+                    50.0 + n_train + seed * (2 if variant == "all" else 1),
+                    benchmark__n_train_per_task=n_train,
+                    init_from="library-cpoly-s1",
+                    transfer={"name": variant, "trainable": trainable},
+                )
+                run = json.loads((folder / "results.json").read_text())
+                run["group"] = f"synthetic-tiny_t5-cpoly-from_{variant}"
+                (folder / "results.json").write_text(json.dumps(run))
+    comparisons = {c.group.label: c for c in compare(quiet(tmp_path), "task_lora")}
+    for n_train in (4, 16):
+        for variant in ("routing", "all"):
+            c = comparisons[f"synthetic-tiny_t5-cpoly-from_{variant} benchmark.n_train_per_task={n_train}"]
+            assert c.baseline.label == f"synthetic-tiny_t5-task_lora benchmark.n_train_per_task={n_train}"
+            assert c.n_pairs == 3 and c.mean == pytest.approx(10.0 + (6 if variant == "all" else 0) / 3)

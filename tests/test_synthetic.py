@@ -200,3 +200,83 @@ def test_structure_entropy_of_the_true_allocation():
     structure = {"a": ["x"], "b": ["x", "y"], "c": ["x", "y", "z", "w"]}
     # one skill: 0; two of four: log 2 / log 4 = 0.5; four of four: 1
     assert structure_entropy(list(structure), structure) == pytest.approx((0 + 0.5 + 1) / 3)
+
+
+def test_heldout_tasks_change_nothing_about_the_seen_tasks():
+    """The same words, targets, ids, tasks and dev split as with n_heldout_tasks=0, with or without private
+    structure; the held-out tasks only exist in `info` and their own pool."""
+    for private in (0, 2):
+        plain = load_synthetic(SyntheticConfig(private_substitutions=private))
+        grown = load_synthetic(SyntheticConfig(private_substitutions=private, n_heldout_tasks=5))
+        assert grown.task_names == plain.task_names
+        assert (grown.train, grown.dev, grown.test) == (plain.train, plain.dev, plain.test)
+        assert len(grown.info["heldout_tasks"]) == 5 and grown.info["seen_tasks"] == plain.task_names
+        both = load_synthetic(
+            SyntheticConfig(private_substitutions=private, n_heldout_tasks=5, task_pool=["seen", "heldout"])
+        )
+        assert both.task_names == plain.task_names + grown.info["heldout_tasks"]
+        names = set(plain.task_names)
+        seen_part = lambda examples, names=names: [ex for ex in examples if ex.task in names]  # noqa: E731
+        assert (seen_part(both.train), seen_part(both.dev), seen_part(both.test)) == (
+            plain.train,
+            plain.dev,
+            plain.test,
+        )
+
+
+def test_heldout_tasks_are_new_compositions_with_their_own_substitutions():
+    cfg = SyntheticConfig(n_heldout_tasks=6, task_pool=["heldout"])
+    data = load_synthetic(cfg)
+    seen, heldout = data.info["seen_tasks"], data.info["heldout_tasks"]
+    assert data.task_names == heldout and all(t.startswith("h") for t in heldout)
+    words = ["abcdefgh", "hgfedcba", "aabbe", "fadeh", "cab", "ghead", "bebe", "hhaac"]
+    behaviour = lambda t: tuple(apply_skills(w, data.skill_structure[t], cfg.alphabet) for w in words)  # noqa: E731
+    seen_behaviours = {behaviour(t) for t in seen}
+    assert all(behaviour(t) not in seen_behaviours for t in heldout)  # no seen task computes it
+    assert len({behaviour(t) for t in heldout}) == len(heldout)
+    tables = {t: tuple(sorted(v.items())) for t, v in data.info["private_substitutions"].items()}
+    assert len(set(tables.values())) == len(seen) + len(heldout)  # every task's substitution is its own
+    assert (
+        {ex.task for ex in data.train} == set(heldout) == {ex.task for ex in data.dev} == {ex.task for ex in data.test}
+    )
+    for split in (data.train, data.dev, data.test):  # the targets are the held-out tasks' own functions
+        for ex in split[:40]:
+            word = ex.source.removesuffix(" =")
+            table = data.info["private_substitutions"][ex.task]
+            assert ex.target == apply_skills(substitute(word, table), data.skill_structure[ex.task], cfg.alphabet)
+
+
+def test_heldout_splits_are_disjoint_and_few_shot_sizes_nest():
+    """Each held-out task's dev words are its own (disjoint from train and test, as every synthetic task's);
+    the test split does not depend on n_train_per_task, and k examples are the first k of any larger k."""
+    sizes = {
+        k: load_synthetic(SyntheticConfig(n_heldout_tasks=3, task_pool=["heldout"], n_train_per_task=k))
+        for k in (4, 16, 64)
+    }
+    for data in sizes.values():
+        for task in data.task_names:
+            words = {
+                name: {ex.source for ex in split if ex.task == task}
+                for name, split in (("train", data.train), ("dev", data.dev), ("test", data.test))
+            }
+            assert not (words["train"] & words["dev"] or words["train"] & words["test"] or words["dev"] & words["test"])
+            assert len(words["dev"]) == 50 and len(words["test"]) == 50
+    assert sizes[4].test == sizes[16].test == sizes[64].test
+    for task in sizes[4].task_names:
+        small, large = ([ex for ex in sizes[k].train if ex.task == task] for k in (4, 64))
+        assert len(small) == 4 and small == large[:4]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(n_heldout_tasks=-1), "n_heldout_tasks must be >= 0"),
+        (dict(task_pool=["heldout"]), "needs held-out tasks"),
+        (dict(task_pool=["unseen"]), "task_pool must be"),
+        (dict(task_pool=[]), "task_pool must be"),
+        (dict(n_heldout_tasks=40), "only .* compositions"),
+    ],
+)
+def test_bad_heldout_settings_name_the_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        load_synthetic(SyntheticConfig(**change))

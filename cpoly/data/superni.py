@@ -11,7 +11,9 @@ Protocols (`protocol`):
   `train`; `n_tasks` of them drawn with the seed when set), at most `n_train_per_task` instances each drawn
   with the seed; evaluate on the default *test* tasks present, on the first `n_eval_per_task` instances of
   each (official SuperNI evaluation). `task_names` are the training tasks only: the test tasks are unknown
-  tasks at inference (`unknown_task: uniform`).
+  tasks at inference (`unknown_task: uniform`). With `few_shot_per_task: k`, each test task also gets k
+  training instances from outside its evaluation instances (a few-shot pool, docs/transfer.md) and is a
+  training task; `few_shot_only` trains on that pool alone.
 
 Determinism: the task draw shuffles the sorted pool with a generator seeded by `data_seed` and takes the
 first eligible tasks; the instance draw of a task uses a generator seeded by (`data_seed`, task name), so
@@ -83,6 +85,12 @@ class SuperNIConfig:
     example_template: str = "Positive Example {index} -\nInput: {input}\nOutput: {output}\n\n"
     instance_template: str = "Now complete the following example -\nInput: {input}\nOutput:"
     hub_dataset: str = HUB_DATASET  # used only without a local folder and with the Hub online
+    # cross_task only, a few-shot pool of the unseen test tasks (docs/transfer.md): k training instances of
+    # each test task, drawn with data_seed from its instances after the n_eval_per_task evaluation ones
+    # (n_dev_per_task more are drawn with them for its dev split), and the test tasks become training tasks,
+    # routed as known tasks. 0: none (the test tasks stay unknown at inference).
+    few_shot_per_task: int = 0
+    few_shot_only: bool = False  # with few_shot_per_task: train on the test tasks' pool only, not the train tasks
 
 
 def load_superni(cfg: SuperNIConfig, data_dir: Path | str | None) -> BenchmarkData:
@@ -163,17 +171,43 @@ def _cross_task_protocol(store: TaskStore, usable: _UsableInstances, cfg: SuperN
     for name in test_tasks:  # official evaluation: the first instances, in file order
         prefix = _prefix(store.get(name), cfg)
         evaluation += [_example(name, prefix, inst, cfg) for inst in usable.get(name)[: cfg.n_eval_per_task]]
+    if cfg.few_shot_per_task:
+        few_shot = _few_shot_pool(store, usable, cfg, test_tasks)
+        train = few_shot if cfg.few_shot_only else train + few_shot
+        task_names = list(test_tasks) if cfg.few_shot_only else [*task_names, *test_tasks]
     info = {
+        "few_shot_per_task": cfg.few_shot_per_task,
+        "few_shot_only": cfg.few_shot_only,
         "task_pool": list(cfg.task_pool),
         "task_list_file": str(Path(cfg.task_list).expanduser()) if cfg.task_list else None,
         "n_train_per_task": cfg.n_train_per_task,
         "n_eval_per_task": cfg.n_eval_per_task,
         "eval_tasks": test_tasks,
-        "unknown_eval_tasks": "eval tasks are default test tasks outside task_names: route them with "
-        "unknown_task=uniform",
+        "unknown_eval_tasks": None
+        if cfg.few_shot_per_task
+        else "eval tasks are default test tasks outside task_names: route them with unknown_task=uniform",
         "missing_test_tasks": len(store.split_lists.get("test", [])) - len(test_tasks),
     }
     return train, evaluation, task_names, info
+
+
+def _few_shot_pool(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig, test_tasks: list[str]) -> list:
+    """k (+ n_dev_per_task, which the dev split takes back) training instances of each test task, drawn with
+    (data_seed, task, "few_shot") from the instances after its evaluation ones, in file order."""
+    need = cfg.few_shot_per_task + cfg.n_dev_per_task
+    pool = []
+    for name in test_tasks:
+        rest = usable.get(name)[cfg.n_eval_per_task :]
+        if len(rest) < need:
+            raise DataError(
+                f"benchmark.few_shot_per_task={cfg.few_shot_per_task}: test task {name!r} has {len(rest)} usable "
+                f"instances beside its {cfg.n_eval_per_task} evaluation ones, fewer than few_shot_per_task + "
+                f"n_dev_per_task = {need}; lower them"
+            )
+        picks = sorted(seeded_rng(cfg.data_seed, name, "few_shot").sample(range(len(rest)), need))
+        prefix = _prefix(store.get(name), cfg)
+        pool += [_example(name, prefix, rest[i], cfg) for i in picks]
+    return pool
 
 
 def _drawn_tasks(store: TaskStore, usable: _UsableInstances, cfg: SuperNIConfig, need: int, n_tasks: int | None):
@@ -307,6 +341,14 @@ def _check_config(cfg: SuperNIConfig) -> None:
         raise bad("n_positive_examples", "must be >= 0")
     if not cfg.task_pool or any(split not in SPLITS for split in cfg.task_pool):
         raise bad("task_pool", f"expected a non-empty list of {list(SPLITS)}")
+    if cfg.few_shot_per_task < 0:
+        raise bad("few_shot_per_task", "must be >= 0 (0: no few-shot pool)")
+    if (cfg.few_shot_per_task or cfg.few_shot_only) and cfg.protocol != "cross_task":
+        raise bad(
+            "few_shot_per_task", "the few-shot pool is the cross_task protocol's test tasks: set protocol=cross_task"
+        )
+    if cfg.few_shot_only and not cfg.few_shot_per_task:
+        raise bad("few_shot_only", "needs few_shot_per_task >= 1")
     if cfg.protocol == "cross_task" and "test" in cfg.task_pool:
         raise bad("task_pool", "cross_task evaluates on the test tasks, so they cannot be trained on")
     if cfg.empty_targets not in ("drop", "error"):

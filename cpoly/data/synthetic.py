@@ -138,6 +138,12 @@ class SyntheticConfig:
     # `{input}` is the input word, `{task}` the task name (absent by default: see the module doc).
     # The trailing cue tells a decoder-only backbone where the answer starts.
     source_template: str = "{input} ="
+    # Held-out tasks to transfer to (docs/transfer.md): this many more tasks, each a composition of the same
+    # atomic skills that no seen task has (a distinct function), with a substitution of its own. Drawn after
+    # everything the seen tasks draw, from generators of their own: the seen tasks stay exactly as with 0.
+    n_heldout_tasks: int = 0
+    # Which tasks the run trains and evaluates: [seen] (the n_tasks tasks), [heldout], or both.
+    task_pool: list[str] = field(default_factory=lambda: ["seen"])
     metric: str = "synthetic"
     main_metric: str = "char_similarity"
 
@@ -200,6 +206,19 @@ class SyntheticConfig:
             f"got {self.private_substitutions}",
         )
         need(self.min_tasks_per_skill >= 0, f"min_tasks_per_skill must be >= 0, got {self.min_tasks_per_skill}")
+        need(self.n_heldout_tasks >= 0, f"n_heldout_tasks must be >= 0, got {self.n_heldout_tasks}")
+        pool = list(self.task_pool)
+        need(
+            bool(pool) and set(pool) <= set(TASK_POOLS) and len(set(pool)) == len(pool),
+            f"task_pool must be a non-empty list without repeats of {', '.join(TASK_POOLS)}, got {pool}",
+        )
+        need(
+            "heldout" not in pool or self.n_heldout_tasks >= 1,
+            f"task_pool={pool} needs held-out tasks: set n_heldout_tasks >= 1",
+        )
+
+
+TASK_POOLS = ("seen", "heldout")
 
 
 def _as_config(cfg: SyntheticConfig | Mapping[str, Any]) -> SyntheticConfig:
@@ -207,12 +226,13 @@ def _as_config(cfg: SyntheticConfig | Mapping[str, Any]) -> SyntheticConfig:
         cfg.validate()
         return cfg
     # A Hydra DictConfig or a plain dict: keep only this schema's keys (lists become plain lists).
-    values = {k: (list(v) if k == "atomic_skills" else v) for k, v in dict(cfg).items()}
+    values = {k: (list(v) if k in ("atomic_skills", "task_pool") else v) for k, v in dict(cfg).items()}
     return SyntheticConfig(**values)
 
 
-def _task_skill_sets(cfg: SyntheticConfig, rng: random.Random, probes: list[str]) -> list[tuple[str, ...]]:
-    """Draw `n_tasks` distinct skill sets that act as distinct functions and share skills."""
+def _distinct_skill_sets(cfg: SyntheticConfig, probes: list[str]) -> list[tuple[str, ...]]:
+    """Every skill set that acts as a function of its own on the probe words (one per function), in
+    candidate order; none that leaves its inputs unchanged."""
     order = [s for s in ATOMIC_SKILLS if s in cfg.atomic_skills]
     candidates = [
         combo
@@ -226,7 +246,19 @@ def _task_skill_sets(cfg: SyntheticConfig, rng: random.Random, probes: list[str]
         outputs = tuple(apply_skills(p, combo, cfg.alphabet) for p in probes)
         if outputs != tuple(probes):
             by_behaviour.setdefault(outputs, combo)
-    distinct = list(by_behaviour.values())
+    return list(by_behaviour.values())
+
+
+def _canonical_order(cfg: SyntheticConfig, combos: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Simple tasks first, then by skill order, so task ids read naturally in allocation plots."""
+    order = [s for s in ATOMIC_SKILLS if s in cfg.atomic_skills]
+    return sorted(combos, key=lambda combo: (len(combo), [order.index(s) for s in combo]))
+
+
+def _task_skill_sets(cfg: SyntheticConfig, rng: random.Random, probes: list[str]) -> list[tuple[str, ...]]:
+    """Draw `n_tasks` distinct skill sets that act as distinct functions and share skills."""
+    order = [s for s in ATOMIC_SKILLS if s in cfg.atomic_skills]
+    distinct = _distinct_skill_sets(cfg, probes)
     if len(distinct) < cfg.n_tasks:
         raise DataError(
             f"benchmark (synthetic): n_tasks={cfg.n_tasks} but only {len(distinct)} distinct tasks can "
@@ -245,25 +277,43 @@ def _task_skill_sets(cfg: SyntheticConfig, rng: random.Random, probes: list[str]
             f"benchmark (synthetic): could not draw {cfg.n_tasks} tasks using every atomic skill at least "
             f"min_tasks_per_skill={cfg.min_tasks_per_skill} times; lower it or add tasks"
         )
-    # Simple tasks first, then by skill order, so task ids read naturally in allocation plots.
-    return sorted(chosen, key=lambda combo: (len(combo), [order.index(s) for s in combo]))
+    return _canonical_order(cfg, chosen)
 
 
-def _private_tables(cfg: SyntheticConfig, rng: random.Random) -> list[dict[str, str]]:
-    """One substitution per task: `private_substitutions` letters, each sent to another letter; no two
-    tasks share a table (the substitution is what makes a task's private structure its own)."""
+def _heldout_skill_sets(cfg: SyntheticConfig, probes: list[str], seen: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """`n_heldout_tasks` skill sets that act as functions no seen task computes, from a generator of
+    their own (the seen tasks' draws are untouched)."""
+    unseen = [combo for combo in _distinct_skill_sets(cfg, probes) if combo not in seen]
+    if len(unseen) < cfg.n_heldout_tasks:
+        raise DataError(
+            f"benchmark (synthetic): n_heldout_tasks={cfg.n_heldout_tasks} but only {len(unseen)} compositions of "
+            f"atomic_skills={cfg.atomic_skills} are not seen tasks' (n_tasks={cfg.n_tasks})"
+        )
+    return _canonical_order(cfg, seeded_rng(cfg.data_seed, "heldout", "skills").sample(unseen, cfg.n_heldout_tasks))
+
+
+def _private_tables(
+    cfg: SyntheticConfig, rng: random.Random, n: int | None = None, taken: Sequence[Mapping[str, str]] = ()
+) -> list[dict[str, str]]:
+    """One substitution per task (`n`, default n_tasks): `private_substitutions` letters, each sent to
+    another letter; no two tasks share a table (the substitution is what makes a task's private structure
+    its own), nor any of `taken` (the seen tasks', for held-out tasks)."""
+    n = cfg.n_tasks if n is None else n
     if cfg.private_substitutions == 0:
-        return [{} for _ in range(cfg.n_tasks)]
+        return [{} for _ in range(n)]
+    excluded = {tuple(sorted(t.items())) for t in taken}
     tables: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # the distinct tables, in drawing order
-    for _ in range(1000 * cfg.n_tasks):
-        if len(tables) == cfg.n_tasks:
+    for _ in range(1000 * n):
+        if len(tables) == n:
             break
         sources = rng.sample(cfg.alphabet, cfg.private_substitutions)
         table = {a: rng.choice([b for b in cfg.alphabet if b != a]) for a in sources}
-        tables.setdefault(tuple(sorted(table.items())), table)
-    if len(tables) < cfg.n_tasks:
+        key = tuple(sorted(table.items()))
+        if key not in excluded:
+            tables.setdefault(key, table)
+    if len(tables) < n:
         raise DataError(
-            f"benchmark (synthetic): could not draw {cfg.n_tasks} distinct substitutions of "
+            f"benchmark (synthetic): could not draw {n} distinct substitutions of "
             f"private_substitutions={cfg.private_substitutions} letters over alphabet {cfg.alphabet!r}"
         )
     return list(tables.values())
@@ -290,53 +340,106 @@ def load_synthetic(cfg: SyntheticConfig | Mapping[str, Any], data_dir: Any = Non
     # word of today's benchmark as it was.
     tables = _private_tables(cfg, rng)
 
-    train: list[Example] = []
-    evaluation: list[Example] = []
-    dev: list[Example] = []
+    splits: dict[str, list[Example]] = {"train": [], "eval": [], "dev": []}
     n_total = cfg.n_train_per_task + cfg.n_eval_per_task
     for task, skills, table in zip(task_names, skill_sets, tables, strict=True):
         # Distinct input words per task, so eval measures generalisation rather than recall.
-        words: list[str] = []
-        seen: set[str] = set()
-        for _ in range(200 * n_total):
-            if len(words) == n_total:
-                break
-            word = _random_word(rng, cfg)
-            if word not in seen and task_target(word, skills, table, cfg.alphabet):  # no empty targets
-                seen.add(word)
-                words.append(word)
-        if len(words) < n_total:
-            raise DataError(
-                f"benchmark (synthetic): only {len(words)} distinct inputs exist for task {task!r}, need "
-                f"n_train_per_task + n_eval_per_task = {n_total}; widen the alphabet or the lengths"
-            )
-        for i, word in enumerate(words):
-            split, number = ("train", i) if i < cfg.n_train_per_task else ("eval", i - cfg.n_train_per_task)
-            example = Example(
-                task=task,
-                source=cfg.source_template.format(input=word, task=task),
-                target=task_target(word, skills, table, cfg.alphabet),
-                id=f"{task}/{split}/{number}",
-            )
-            (train if split == "train" else evaluation).append(example)
-        dev += _dev_examples(cfg, task, skills, table, taken=seen)
+        words = _distinct_words(cfg, rng, task, skills, table, n_total, set())
+        seen = set(words)
+        if "seen" in cfg.task_pool:
+            _add_examples(splits, cfg, task, skills, table, words, train_first=True)
+            splits["dev"] += _dev_examples(cfg, task, skills, table, taken=seen)
 
+    # Held-out tasks: after everything the seen tasks draw, from generators of their own (their skill
+    # sets, tables and words), so the seen tasks are the same with or without them.
+    heldout_sets = _heldout_skill_sets(cfg, probes, skill_sets) if cfg.n_heldout_tasks else []
+    heldout_names = [f"h{i:02d}-" + "-".join(skills) for i, skills in enumerate(heldout_sets)]
+    heldout_tables = _private_tables(cfg, seeded_rng(cfg.data_seed, "heldout", "tables"), len(heldout_sets), tables)
+    if "heldout" in cfg.task_pool:
+        for task, skills, table in zip(heldout_names, heldout_sets, heldout_tables, strict=True):
+            # test words first, then train: the test split does not depend on n_train_per_task, and a
+            # smaller training set is the first examples of a larger one (few-shot sizes nest)
+            words = _distinct_words(cfg, seeded_rng(cfg.data_seed, task, "words"), task, skills, table, n_total, set())
+            _add_examples(splits, cfg, task, skills, table, words, train_first=False)
+            splits["dev"] += _dev_examples(cfg, task, skills, table, taken=set(words))
+
+    pool = [*(task_names if "seen" in cfg.task_pool else []), *(heldout_names if "heldout" in cfg.task_pool else [])]
+    all_names, all_sets = task_names + heldout_names, skill_sets + heldout_sets
+    all_tables = tables + heldout_tables
     return BenchmarkData(
         name=cfg.name,
-        train=train,
-        test=evaluation,
-        dev=dev,
-        task_names=task_names,
+        train=splits["train"],
+        test=splits["eval"],
+        dev=splits["dev"],
+        task_names=pool,
         metric=cfg.metric,
         main_metric=cfg.main_metric,
-        skill_structure={task: list(skills) for task, skills in zip(task_names, skill_sets, strict=True)},
+        skill_structure={task: list(skills) for task, skills in zip(all_names, all_sets, strict=True)},
         info={
             "generator": "cpoly.data.synthetic",
             "config": asdict(cfg),
-            "private_substitutions": {task: table for task, table in zip(task_names, tables, strict=True) if table},
+            "private_substitutions": {task: table for task, table in zip(all_names, all_tables, strict=True) if table},
             "dev": {"source": "words of its own, disjoint from train and test", "n_dev_per_task": cfg.n_dev_per_task},
+            "seen_tasks": task_names,
+            "heldout_tasks": heldout_names,
+            "task_pool": list(cfg.task_pool),
         },
     )
+
+
+def _distinct_words(
+    cfg: SyntheticConfig,
+    rng: random.Random,
+    task: str,
+    skills: Sequence[str],
+    table: Mapping[str, str],
+    n: int,
+    taken: set[str],
+) -> list[str]:
+    """`n` distinct words of `task` (none in `taken`, none with an empty target), drawn from `rng`."""
+    words: list[str] = []
+    seen = set(taken)
+    for _ in range(200 * n):
+        if len(words) == n:
+            break
+        word = _random_word(rng, cfg)
+        if word not in seen and task_target(word, skills, table, cfg.alphabet):  # no empty targets
+            seen.add(word)
+            words.append(word)
+    if len(words) < n:
+        raise DataError(
+            f"benchmark (synthetic): only {len(words)} distinct inputs exist for task {task!r}, need "
+            f"n_train_per_task + n_eval_per_task = {n}; widen the alphabet or the lengths"
+        )
+    return words
+
+
+def _add_examples(
+    splits: dict[str, list[Example]],
+    cfg: SyntheticConfig,
+    task: str,
+    skills: Sequence[str],
+    table: Mapping[str, str],
+    words: list[str],
+    train_first: bool,
+) -> None:
+    """The task's train and test examples from its words: train first (seen tasks) or test first."""
+    n_train, n_eval = cfg.n_train_per_task, cfg.n_eval_per_task
+    parts = (
+        [("train", words[:n_train]), ("eval", words[n_train:])]
+        if train_first
+        else [("eval", words[:n_eval]), ("train", words[n_eval:])]
+    )
+    for split, chosen in parts:
+        for number, word in enumerate(chosen):
+            splits[split].append(
+                Example(
+                    task=task,
+                    source=cfg.source_template.format(input=word, task=task),
+                    target=task_target(word, skills, table, cfg.alphabet),
+                    id=f"{task}/{split}/{number}",
+                )
+            )
 
 
 def _dev_examples(

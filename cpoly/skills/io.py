@@ -195,6 +195,17 @@ def load_skills(model: nn.Module, directory: str | Path, task_names: Sequence[st
 def _load_peft_poly(
     model: nn.Module, directory: Path, meta: dict[str, Any], task_names: Sequence[str] | None
 ) -> nn.Module:
+    config, layers, tensors = _peft_poly_adapter(directory, meta, task_names)
+    _check_layers_match(model, config, layers, directory)
+    add_skills(model, config)
+    _copy_into(model, tensors, directory)
+    return model
+
+
+def _peft_poly_adapter(
+    directory: Path, meta: dict[str, Any], task_names: Sequence[str] | None
+) -> tuple[SkillConfig, dict[str, dict[str, int]], dict[str, torch.Tensor]]:
+    """A PEFT Poly adapter as cpoly's: its skill configuration, layer shapes and tensors under our names."""
     poly_type = meta.get("poly_type", "poly")
     if poly_type != "poly":
         raise ValueError(f"{directory / CONFIG_NAME}: PEFT poly_type={poly_type!r} is not supported (only 'poly')")
@@ -230,10 +241,35 @@ def _load_peft_poly(
         n_splits=n_splits,
         alpha=1.0,  # PEFT Poly scales by 1 / r
     )
-    _check_layers_match(model, config, layers, directory)
-    add_skills(model, config)
-    _copy_into(model, tensors, directory)
-    return model
+    return config, layers, tensors
+
+
+def is_peft_poly(directory: str | Path) -> bool:
+    """Whether the adapter folder holds a PEFT Poly adapter (else cpoly's own format)."""
+    return str(_read_adapter_config(Path(directory)).get("peft_type", "")).upper() == "POLY"
+
+
+def read_adapter(
+    directory: str | Path, with_tensors: bool = True
+) -> tuple[SkillConfig, dict[str, dict[str, int]], dict[str, torch.Tensor] | None]:
+    """An adapter folder (cpoly's or PEFT Poly's, whose tasks are named "0", "1", ...) without a model:
+    its skill configuration, its layers' shapes ({name: {d_in, d_out}}) and, `with_tensors`, its tensors
+    by the names `adapter_state_dict` gives."""
+    directory = Path(directory)
+    meta = _read_adapter_config(directory)
+    if str(meta.get("peft_type", "")).upper() == "POLY":
+        config, layers, tensors = _peft_poly_adapter(directory, meta, None)
+        return config, layers, tensors if with_tensors else None
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: neither a cpoly adapter (format={meta.get('format')!r}) nor PEFT Poly"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}"
+        )
+    config = SkillConfig.from_dict(meta["skill_config"])
+    return config, meta["layers"], _read_weights(directory) if with_tensors else None
 
 
 @contextlib.contextmanager

@@ -16,8 +16,9 @@ step's result does not depend on that split:
 Every trainable tensor is stepped every step (those no example used get a zero gradient), the rule of
 `docs/design-decisions.md`. Evaluation scores the dev split every `eval_every` steps and at the end; `last/`
 (adapters + trainer state) is written after every evaluation, `best/` when the optimised dev metric
-improves. Once the loop is done, `score_test` scores the test split twice: the final adapters and
-`best/`'s (the step dev chose); nothing is ever chosen on test.
+improves. With `max_steps=0` (a library scored as it is, `init_from`) the loop evaluates once, at step 0,
+and trains nothing. Once the loop is done, `score_test` scores the test split twice: the final adapters
+and `best/`'s (the step dev chose); nothing is ever chosen on test.
 """
 
 from __future__ import annotations
@@ -268,6 +269,11 @@ class TrainLoop:
         s = self.state
         window = self._window(s.window_loss, s.window_n, s.window_aux) if first else self._window()
         started = time.perf_counter() - self.state.train_seconds
+        if t.max_steps == 0:  # a library scored as it is (init_from): one evaluation at step 0, no training
+            if self.state.best_step is None:
+                self._evaluate_and_checkpoint(0)
+            bar.close()
+            return self.state
         batches = iter(self._batch_loader())
         try:
             with stop_on_signals() as stop:

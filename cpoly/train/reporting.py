@@ -111,8 +111,8 @@ class RunReporter:
 
     def skill_recovery(self, allocation: Allocation | None) -> float | None:
         """Synthetic benchmark: how well the learned allocation reflects the true skill structure."""
-        if allocation is None or not self.data.skill_structure:
-            return None
+        if allocation is None or not self.data.skill_structure or len(self.data.task_names) < 3:
+            return None  # (under 3 tasks there are too few task pairs to correlate)
         # every layer's allocation side by side (Allocation.stacked), not the layer mean
         value = skill_recovery(allocation.stacked, self.data.task_names, self.data.skill_structure)
         return value if math.isfinite(value) else None  # NaN: the allocation has not moved yet
