@@ -320,3 +320,38 @@ def test_the_wandb_config_records_the_library_and_what_trained(library, tmp_path
     assert seen["init_from_source"]["run_name"] == lib_results["run_name"]
     assert seen["init_from_source"]["git_sha"] == lib_results["git_sha"]
     assert seen["transfer_run"]["trained_parameters"] == results["transfer"]["trained_parameters"]
+
+
+def test_an_encoders_known_task_heads_load_and_new_tasks_get_fresh_ones(tmp_path):
+    """Encoders' per-task heads (`task_heads.<i>`) are loaded by task: a known task's logits are the
+    library's, bit for bit; a new task (with other labels) gets a head as at initialisation."""
+    from helpers.tiny_models import tiny_bert
+
+    from cpoly import use_tasks
+    from cpoly.backbones.heads import TaskHeadClassifier
+
+    def encoder(labels):
+        model = TaskHeadClassifier(tiny_bert(), labels)
+        settings = dict(method="cpoly", target_modules=["query", "value"], modules_to_save=model.modules_to_save)
+        return add_skills(model, SkillConfig(task_names=list(labels), **settings))
+
+    original = encoder({t: ["yes", "no"] for t in TASKS})
+    randomize_adapters(original)
+    with torch.no_grad():
+        for p in original.task_heads.parameters():
+            p.add_(torch.randn_like(p))
+    save_skills(original, tmp_path / "lib")
+    library = find_library(tmp_path / "lib")
+    grown = encoder({**{t: ["yes", "no"] for t in TASKS}, "new_x": ["a", "b", "c"]})
+    fresh_head = [p.clone() for p in grown.task_heads[3].parameters()]
+    _, _, tensors = read_adapter(library.directory)
+    load_library(grown, library, tensors)
+    set_trainable(grown, ["heads"])
+    assert all(p.requires_grad for p in grown.task_heads.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(fresh_head, grown.task_heads[3].parameters(), strict=True))
+    ids = torch.randint(5, 90, (3, 7), generator=torch.Generator().manual_seed(0))
+    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), task_ids=torch.tensor([2, 0, 1]))
+    original.eval(), grown.eval()
+    with use_tasks(original, [2, 0, 1]), use_tasks(grown, [2, 0, 1]):
+        before, after = original(**batch).logits, grown(**batch).logits
+    torch.testing.assert_close(after[:, :2], before, atol=0, rtol=0)
