@@ -118,6 +118,7 @@ def overrides(s: Settings, arch: str, method: str, bundle: Path, bench_dir: Path
         f"benchmark.n_tasks={s.tasks}",
         f"benchmark.n_train_per_task={s.train_per_task}",
         "benchmark.n_eval_per_task=1",
+        "benchmark.n_dev_per_task=1",  # the dev split (held out of the training draw) only has to exist
         f"trainer.max_steps={s.steps}",
         f"trainer.batch_size={s.batch}",
         f"trainer.eval_every={s.steps}",  # evaluation at the end only

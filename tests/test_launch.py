@@ -33,6 +33,7 @@ def readme_torchrun_command() -> list[str]:
     return shlex.split(commands[0])
 
 
+@pytest.mark.slow
 def test_the_readme_data_parallel_command_is_one_group_of_two_processes(tmp_path):
     command = readme_torchrun_command()
     nproc, overrides = int(command[2]), command[4:]
@@ -46,6 +47,7 @@ def test_the_readme_data_parallel_command_is_one_group_of_two_processes(tmp_path
     assert done.stdout.count("results: ") == 1  # one summary: one job, not one per process
 
 
+@pytest.mark.slow
 def test_processes_that_are_not_one_group_are_refused_before_any_work(tmp_path):
     """`trainer.cpu=false` on a machine without CUDA: Accelerate forms no group, so each of torchrun's two
     processes would run the whole job alone; both stop with one line naming both numbers."""

@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers.compose import REPO_ROOT
 from helpers.entrypoint import train_py
 
 SMALL = ["debug=smoke", "benchmark.n_tasks=3", "benchmark.n_train_per_task=24", "benchmark.n_eval_per_task=4"]
 
 
+@pytest.mark.slow
 def test_multirun_gives_every_job_its_own_folder_and_the_report_reads_them(tmp_path):
     sweep = tmp_path / "sweep"
     done = train_py(
@@ -40,6 +42,7 @@ def test_multirun_gives_every_job_its_own_folder_and_the_report_reads_them(tmp_p
     assert len(rows) == 5 and sum(r.startswith("synthetic-tiny_t5-cpoly-a3b1r2,") for r in rows) == 2
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
     sweep = tmp_path / "sweep"
     # n_splits=3 cannot split tiny_t5's 128-wide layers: the middle job fails its checks
@@ -66,6 +69,7 @@ def test_a_misspelled_override_fails_at_once_with_hydras_message(tmp_path):
 SUBMITIT_SMALL = [*SMALL, "trainer.cpu_threads=1"]
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_jobs_as_processes_and_a_failing_job_leaves_the_others(tmp_path):
     """Hydra's submitit launcher (the real plugin): every job of a multirun is its own local process."""
     sweep = tmp_path / "sweep"
@@ -99,6 +103,7 @@ def test_slurm_launcher_takes_its_resources_from_config():
         assert f"{key}:" in launcher
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_three_trials_and_reports_the_best(tmp_path):
     """hparams_search=cpoly_optuna through Hydra's Optuna sweeper (the real plugin), at smoke size."""
     sweep = tmp_path / "search"
@@ -118,6 +123,7 @@ def test_optuna_search_runs_three_trials_and_reports_the_best(tmp_path):
     assert len(lrs) == 3  # the sampler drew a different lr for each trial
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_and_the_same_command_ends_as_an_uninterrupted_run(tmp_path):
     """Preemption as SLURM does it: a SIGTERM to a running job. The run finishes its step, writes last/ with
     the trainer state and exits with its own status; the same command then continues from there, and the
@@ -165,6 +171,7 @@ def test_sigterm_checkpoints_exits_and_the_same_command_ends_as_an_uninterrupted
         assert (out / "last" / name).read_bytes() == (tmp_path / "whole" / "last" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_submitit_requeues_a_job_at_its_preemption_signal_and_the_job_resumes(tmp_path):
     """submitit's own preemption path, for real: the job process gets submitit's signal (USR2, what SLURM
     sends before a time limit or preemption, and what submitit_local sends before `timeout_min`); the run
