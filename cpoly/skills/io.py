@@ -96,6 +96,19 @@ def load_skill_tensors(model: nn.Module, directory: str | Path) -> None:
     _copy_into(model, _read_weights(directory), directory)
 
 
+def _cpoly_skill_config(directory: Path, meta: dict[str, Any]) -> SkillConfig:
+    """The skill configuration of a cpoly adapter folder's `adapter_config.json`, its format checked."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: neither a cpoly adapter (format={meta.get('format')!r}) nor PEFT Poly"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}"
+        )
+    return SkillConfig.from_dict(meta["skill_config"])
+
+
 def _read_adapter_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.is_file():
@@ -173,15 +186,7 @@ def load_skills(model: nn.Module, directory: str | Path, task_names: Sequence[st
     meta = _read_adapter_config(directory)
     if str(meta.get("peft_type", "")).upper() == "POLY":
         return _load_peft_poly(model, directory, meta, task_names)
-    if meta.get("format") != FORMAT:
-        raise ValueError(
-            f"{directory / CONFIG_NAME}: neither a cpoly adapter (format={meta.get('format')!r}) nor PEFT Poly"
-        )
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{directory / CONFIG_NAME}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}"
-        )
-    config = SkillConfig.from_dict(meta["skill_config"])
+    config = _cpoly_skill_config(directory, meta)
     if task_names is not None and list(task_names) != config.task_names:
         raise ValueError(f"{directory}: saved task names {config.task_names[:5]}... differ from task_names given")
     if hasattr(model, "cpoly_skills"):
@@ -260,15 +265,7 @@ def read_adapter(
     if str(meta.get("peft_type", "")).upper() == "POLY":
         config, layers, tensors = _peft_poly_adapter(directory, meta, None)
         return config, layers, tensors if with_tensors else None
-    if meta.get("format") != FORMAT:
-        raise ValueError(
-            f"{directory / CONFIG_NAME}: neither a cpoly adapter (format={meta.get('format')!r}) nor PEFT Poly"
-        )
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{directory / CONFIG_NAME}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}"
-        )
-    config = SkillConfig.from_dict(meta["skill_config"])
+    config = _cpoly_skill_config(directory, meta)
     return config, meta["layers"], _read_weights(directory) if with_tensors else None
 
 
