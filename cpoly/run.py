@@ -39,6 +39,7 @@ from cpoly.skills.io import read_adapter
 from cpoly.skills.matching import Matching, adapted_shapes, match_parameters
 from cpoly.skills.transfer import (
     PARTS,
+    Library,
     TransferError,
     check_fits,
     find_library,
@@ -107,13 +108,12 @@ def sized_skill_config(
 
 
 def start_from_library(
-    cfg: DictConfig, model: torch.nn.Module, skill_config: SkillConfig, backbone_cfg: BackboneConfig
+    cfg: DictConfig, library: Library, model: torch.nn.Module, skill_config: SkillConfig, backbone_cfg: BackboneConfig
 ) -> dict[str, Any]:
     """`init_from`: load the library's known tasks into the fresh skills, add the new ones, freeze what
     `transfer.trainable` does not name (docs/transfer.md); returns what results.json records of it."""
     settings = to_object(cfg.transfer)
     try:
-        library = find_library(cfg.init_from, settings.checkpoint)
         check_fits(library, skill_config, backbone_cfg.name)  # the run's sized config (match_params)
         _, _, tensors = read_adapter(library.directory)
         loaded = load_library(model, library, tensors, settings.new_task_routing, settings.average_skills)
@@ -206,8 +206,9 @@ def _train(
     set_seed(cfg.seed)
 
     data = load_benchmark(cfg.benchmark, cfg.paths.data_dir)
-    if cfg.get("init_from"):  # the library's known tasks first, in its order: they compute what they did
-        data.task_names = task_order(find_library(cfg.init_from, cfg.transfer.checkpoint), data.task_names)
+    library = find_library(cfg.init_from, cfg.transfer.checkpoint) if cfg.get("init_from") else None
+    if library is not None:  # the library's known tasks first, in its order: they compute what they did
+        data.task_names = task_order(library, data.task_names)
     check_routing_covers_eval(data, method.unknown_task)
     encoder = backbone_cfg.kind == "encoder"
     backbone = load_backbone(
@@ -219,7 +220,7 @@ def _train(
     modules_to_save = backbone.model.modules_to_save if encoder else []
     skill_config, matching = sized_skill_config(method, data.task_names, backbone, modules_to_save)
     model = add_skills(backbone.model, skill_config)
-    transfer = start_from_library(cfg, model, skill_config, backbone_cfg) if cfg.get("init_from") else None
+    transfer = start_from_library(cfg, library, model, skill_config, backbone_cfg) if library is not None else None
     model.to(accelerator.device)
     if backbone_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from cpoly.skills.config import SkillConfig
-from cpoly.skills.io import CONFIG_NAME, _modules_to_save_parameters, read_adapter
+from cpoly.skills.io import CONFIG_NAME, _modules_to_save_parameters, is_peft_poly, read_adapter
 from cpoly.skills.model import skill_state, skilled_layers
 
 PARTS = ("routing", "task_skills", "shared_skills", "heads")
@@ -128,8 +128,6 @@ def find_library(path: str | Path, checkpoint: str = "best") -> Library:
         )
     try:
         config, layers, _ = read_adapter(directory, with_tensors=False)
-        from cpoly.skills.io import is_peft_poly
-
         peft = is_peft_poly(directory)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         raise TransferError(f"init_from={path}: {e}") from None
@@ -162,10 +160,8 @@ def task_order(library: Library, tasks: Sequence[str]) -> list[str]:
     W_B (a matmul over every task's skills) computes a known task's mixture with the same operands in the
     same order, and its outputs stay bit for bit what they were (a reordered list gives the same values
     up to float rounding)."""
-    wanted = set(tasks)
-    return [t for t in library.config.task_names if t in wanted] + [
-        t for t in tasks if t not in set(library.config.task_names)
-    ]
+    wanted, known = set(tasks), set(library.config.task_names)
+    return [t for t in library.config.task_names if t in wanted] + [t for t in tasks if t not in known]
 
 
 def _part(name: str) -> str:
