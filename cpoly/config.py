@@ -7,7 +7,6 @@ misspelled key or a wrongly typed value fails when Hydra composes the config, wi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,9 @@ from cpoly.data.jsonl import JsonlConfig
 from cpoly.data.superglue import SuperGLUEConfig
 from cpoly.data.superni import SuperNIConfig
 from cpoly.data.synthetic import SyntheticConfig
-from cpoly.skills.config import COMMON_DEFAULTS, METHOD_DEFAULTS, SkillConfig, SkillConfigError
+from cpoly.skills.config import SkillConfig, SkillConfigError
+from cpoly.skills.methods import MATCH_FIELDS, METHODS
+from cpoly.skills.settings import LAYER_FIELD_NAMES, TAGS, LayerSettings
 
 BENCHMARK_SCHEMAS = {
     "synthetic_schema": SyntheticConfig,
@@ -32,44 +33,31 @@ BENCHMARK_SCHEMAS = {
 
 
 @dataclass
-class MethodConfig:
-    """A `SkillConfig` without the task list (the benchmark gives it). null fields take the method's
-    default (DESIGN.md section 2); `target_modules: null` takes the backbone's."""
+class MethodConfig(LayerSettings):
+    """A `SkillConfig` without the task list (the benchmark gives it): its layer settings are
+    `LayerSettings`' fields. null fields take the method's default (its registry entry,
+    cpoly/skills/methods.py); `target_modules: null` takes the backbone's."""
 
     name: str = MISSING  # the option's file name
-    method: str = MISSING  # shared_lora | task_lora | moe_lora | poly | mhr | cpoly | mtl_lora | hydralora | mixlora
-    rank: int | None = None
-    n_skills: int | None = None
-    n_skills_a: int | None = None  # K_A down-projections: null one per skill, 1 one shared A (asymmetric pools)
-    n_task_skills: int | None = None
-    n_splits: int | None = None
-    alpha: float = 1.0
-    mixing: str | None = None  # params | outputs
-    task_weights: str | None = None  # trainable (dense) | fixed | block (within each task's own skills)
-    allocation: str | None = None  # bernoulli (Poly) | softmax (MTL-LoRA) task-to-skill weights
-    bottleneck: str | None = None  # none | full | diagonal per-task r x r matrix between A and B (MTL-LoRA)
-    temperature: float | None = None  # null: the method's (1; mtl_lora 0.1)
-    top_k: int | None = None
-    aux_loss_coef: float | None = None  # token-routed methods: load-balancing loss coefficient (train/aux_loss)
-    unknown_task: str = "error"  # error | uniform
+    method: str = MISSING  # a registered method: cpoly/skills/methods.py
     target_modules: Any = None
-    # The allocation logits' (or moe gate's) learning rate this method runs with by default; optim.router_lr
-    # takes it. null: the adapters' lr. mttl's Poly/MHR used 0.1 against 1e-3 for the adapters.
+    # The allocation logits' (or gate's) learning rate; optim.router_lr takes it. null: the method's
+    # (its registry entry: 0.1 for poly, mhr and cpoly, mttl's two-speed optimiser; else the adapters' lr).
     router_lr: float | None = None
     # Parameter matching: size this method to the trainable adapter parameters of another method option
     # (conf/method/<match_params>.yaml, e.g. cpoly) by varying `match_by` (n_skills or rank; null: the
-    # method's own knob, n_skills for poly/mhr/moe_lora, rank for the LoRAs). Recorded in results.json.
+    # method's own knob, its registry entry's match_by). Recorded in results.json.
     match_params: str | None = None
     match_by: str | None = None
 
     def skill_config(
         self, task_names: list[str], target_modules: Any, modules_to_save: list[str] | None = None
     ) -> SkillConfig:
-        # every SkillConfig field this schema has, under the same name: one list of layer settings
-        layer = {f.name: getattr(self, f.name) for f in dataclasses.fields(SkillConfig) if hasattr(self, f.name)}
+        layer = {name: getattr(self, name) for name in LAYER_FIELD_NAMES}
         return SkillConfig(
             **layer
             | dict(
+                method=self.method,
                 task_names=list(task_names),
                 target_modules=self.target_modules if self.target_modules is not None else target_modules,
                 modules_to_save=list(modules_to_save or []),
@@ -184,62 +172,30 @@ SCHEMAS = {
 }
 
 
-def skills_tag(
-    method: str,
-    n_skills: int | None,
-    n_task_skills: int | None,
-    n_splits: int | None,
-    rank: int | None,
-    match_params: str | None = None,
-    match_by: str | None = None,
-    task_weights: str | None = None,
-    n_skills_a: int | None = None,
-    allocation: str | None = None,
-    bottleneck: str | None = None,
-    top_k: int | None = None,
-    aux_loss_coef: float | None = None,
-) -> str:
-    """The key numbers of a method in a run name: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2,
-    mtl_lora n3r4, hydralora h3r4, mixlora e4r2. A parameter-matched run shows the knob it sizes as M and
-    names the method it matches: kMr2-match_cpoly. Layer settings that differ from the method's default
-    follow, so dashboards keep them apart: wblock (W_B), ka1 (one shared A), zsoftmax (allocation),
-    Ldiagonal (bottleneck), top2, aux0.01."""
-    if match_params is not None:
-        from cpoly.skills.matching import DEFAULT_FIELD
-
-        by = match_by or DEFAULT_FIELD.get(method, "n_skills")
-        n_skills, rank = ("M", rank) if by == "n_skills" else (n_skills, "M")
-    d = METHOD_DEFAULTS.get(method, {})
-    k = n_skills if n_skills is not None else d.get("n_skills")
-    b = n_task_skills if n_task_skills is not None else d.get("n_task_skills")
-    s = n_splits if n_splits is not None else d.get("n_splits")
-    r = rank if rank is not None else d.get("rank")
-    parts = {
-        "shared_lora": "",
-        "task_lora": f"b{b}",
-        "moe_lora": f"e{k}",
-        "poly": f"k{k}",
-        "mhr": f"k{k}s{s}",
-        "cpoly": f"a{k}b{b}" + (f"s{s}" if s and s > 1 else ""),
-        "mtl_lora": f"n{k}",
-        "hydralora": f"h{k}",
-        "mixlora": f"e{k}",
-    }.get(method, f"k{k}b{b}s{s}")
-    tag = f"{parts}r{r}"
-    default = lambda name: d.get(name, COMMON_DEFAULTS.get(name))  # noqa: E731 (top_k: None)
-    if task_weights is not None and task_weights != d.get("task_weights"):  # e.g. C-Poly's block W_B: wblock
-        tag += f"w{task_weights}"
-    if n_skills_a is not None and n_skills_a != d.get("n_skills_a", k):
-        tag += f"ka{n_skills_a}"
-    for prefix, name, value in (
-        ("z", "allocation", allocation),
-        ("L", "bottleneck", bottleneck),
-        ("top", "top_k", top_k),
-        ("aux", "aux_loss_coef", aux_loss_coef),
-    ):
-        if value is not None and value != default(name):
-            tag += f"{prefix}{value:g}" if isinstance(value, float) else f"{prefix}{value}"
-    return tag if match_params is None else f"{tag}-match_{match_params}"
+def skills_tag(method: Any) -> str:
+    """The key numbers of a method option (the `method` node) in a run name: its registry entry's tag and the
+    rank: cpoly a3b1r2, poly k4r2, mhr k4s4r2, moe_lora e4r2, mtl_lora n3r4, hydralora h3r4, mixlora e4r2.
+    A parameter-matched run shows the knob it sizes as M and names the method it matches: kMr2-match_cpoly.
+    Layer settings that differ from the method's default follow, each with its field's `tag` prefix
+    (cpoly/skills/settings.py), so dashboards keep them apart: wblock (W_B), ka1 (one shared A), zsoftmax
+    (allocation), Ldiagonal (bottleneck), top2, aux0.01."""
+    get = method.get
+    spec = METHODS.get(get("method"))
+    defaults = spec.settings() if spec is not None else {}
+    value = {name: get(name) if get(name) is not None else defaults.get(name) for name in ("n_skills", "rank")}
+    if get("match_params") is not None:
+        by = get("match_by") or (spec.match_by if spec is not None else "n_skills")
+        value[by] = "M"
+    k, r = value["n_skills"], value["rank"]
+    b, s = (get(name) if get(name) is not None else defaults.get(name) for name in ("n_task_skills", "n_splits"))
+    tag = (spec.tag(k, b, s) if spec is not None else f"k{k}b{b}s{s}") + f"r{r}"
+    for name, prefix in TAGS.items():
+        setting, default = get(name), defaults.get(name)
+        if name == "n_skills_a" and default is None:
+            default = k  # None is one down-projection per skill
+        if setting is not None and setting != default:
+            tag += f"{prefix}{setting:g}" if isinstance(setting, float) else f"{prefix}{setting}"
+    return tag if get("match_params") is None else f"{tag}-match_{get('match_params')}"
 
 
 def transfer_tag(variant: str, init_from: str | None) -> str:
@@ -256,7 +212,9 @@ EXPERIMENTS_DIR = PROJECT_DIR / "experiments"
 
 
 def register_configs() -> None:
-    """Register every schema, the named experiments and the `cpoly_skills_tag` resolver (idempotent)."""
+    """Register every schema, the named experiments and the resolvers the configs use: the run name's
+    `cpoly_skills_tag` and `cpoly_transfer_tag`, and `cpoly_methods` (every registered method, comma-separated,
+    for a sweep's `method:` values). Idempotent."""
     store = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
@@ -266,17 +224,24 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("cpoly_skills_tag", skills_tag)
     if not OmegaConf.has_resolver("cpoly_transfer_tag"):
         OmegaConf.register_new_resolver("cpoly_transfer_tag", transfer_tag)
+    if not OmegaConf.has_resolver("cpoly_methods"):  # sweeps over every registered method: conf/sweep/
+        OmegaConf.register_new_resolver("cpoly_methods", lambda: ",".join(METHODS))
 
 
 def method_option(name: str) -> MethodConfig:
-    """The method option `conf/method/<name>.yaml` as it is in its file (no overrides applied)."""
+    """The method option `conf/method/<name>.yaml` as it is in its file (no overrides applied), on top of the
+    options its defaults list names (cpoly_block extends cpoly)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MethodConfig), _method_file(name)))
+
+
+def _method_file(name: str) -> DictConfig:
     path = CONF_DIR / "method" / f"{name}.yaml"
     if not path.is_file():
         options = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
         raise ConfigError(f"method.match_params={name!r}: no method option {path}; options: {', '.join(options)}")
     raw = OmegaConf.load(path)
-    raw.pop("defaults", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MethodConfig), raw))
+    bases = [d for d in raw.pop("defaults", []) if isinstance(d, str) and d not in ("method_schema", "_self_")]
+    return OmegaConf.merge(*(_method_file(base) for base in bases), raw)
 
 
 def register_experiments(store: ConfigStore, folder: Path) -> None:
@@ -303,8 +268,27 @@ def to_object(node: DictConfig) -> Any:
     return OmegaConf.to_object(node)
 
 
-def has_router(skill: SkillConfig) -> bool:
-    return skill.has_learned_allocation or skill.token_routed
+def fill_method_defaults(cfg: DictConfig) -> None:
+    """Write the method's defaults (its registry entry) into `cfg.method` where the option leaves them null,
+    so the config that is logged, hashed and compared holds the values the run uses. The knob a
+    parameter-matched run sizes stays null: the matching chooses it (results.json records the value)."""
+    spec = METHODS.get(cfg.method.get("method"))
+    if spec is None:  # check_config names the bad value
+        return
+    sized = (cfg.method.match_by or spec.match_by) if cfg.method.get("match_params") is not None else None
+    for name, default in spec.settings().items():
+        if cfg.method.get(name) is None and name != sized:
+            cfg.method[name] = default
+    # the router's lr where there is a router (an allocation needs shared skills: C-Poly at A=0 has none)
+    routed = spec.token_routed or (spec.learned_allocation and cfg.method.get("n_skills") != 0)
+    if cfg.method.get("router_lr") is None and routed:
+        cfg.method.router_lr = spec.router_lr
+
+
+def prepare_config(cfg: DictConfig) -> None:
+    """What a run does to its composed config before anything else: the method's defaults, then every check."""
+    fill_method_defaults(cfg)
+    check_config(cfg)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -326,7 +310,7 @@ def check_config(cfg: DictConfig) -> None:
     except SkillConfigError as e:
         raise ConfigError(str(e).replace("SkillConfig.", "method.")) from None
     _check_matching(method, skill)
-    if optim.router_lr is not None and not has_router(skill):
+    if optim.router_lr is not None and not skill.has_router:
         raise ConfigError(
             f"optim.router_lr={optim.router_lr}: method {skill.method} has no router "
             "(no allocation logits or gate); remove it or pick poly/mhr/cpoly/mtl_lora or a token-routed method"
@@ -423,8 +407,6 @@ def _check_optimized_metric(name: str | None) -> None:
 
 
 def _check_matching(method: MethodConfig, skill: SkillConfig) -> None:
-    from cpoly.skills.matching import DEFAULT_FIELD, MATCH_FIELDS
-
     if method.match_params is None:
         if method.match_by is not None:
             raise ConfigError(f"method.match_by={method.match_by!r}: set method.match_params to the method to match")
@@ -434,10 +416,10 @@ def _check_matching(method: MethodConfig, skill: SkillConfig) -> None:
     reference = method_option(method.match_params)
     if reference.match_params is not None:
         raise ConfigError(f"method.match_params={method.match_params!r}: that option is itself parameter-matched")
-    field_name = method.match_by or DEFAULT_FIELD[skill.method]
+    field_name = method.match_by or skill.spec.match_by
     if field_name not in MATCH_FIELDS:
         raise ConfigError(f"method.match_by={field_name!r}: must be one of {', '.join(MATCH_FIELDS)}")
-    if field_name == "n_skills" and skill.method in ("shared_lora", "task_lora"):
+    if field_name == "n_skills" and skill.spec.fixed_skill_count:
         raise ConfigError(f"method.match_by=n_skills: method {skill.method} has a fixed skill count; use rank")
 
 

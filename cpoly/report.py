@@ -73,8 +73,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The order the paper compares methods in; unknown methods sort after these, by name.
-METHOD_ORDER = ["shared_lora", "task_lora", "moe_lora", "poly", "mhr", "cpoly", "mtl_lora", "hydralora", "mixlora"]
+# The methods' display order is the registry's (registration order); unknown methods sort after, by name.
+from cpoly.skills.methods import method_rank
 
 # Config keys that are per-run bookkeeping, not part of a setting: they never split groups. An entry
 # ending in "." is a prefix; any other entry is the key itself and everything below it.
@@ -937,7 +937,7 @@ def plot_group_dendrograms(groups: Sequence[GroupSummary], path: str | Path) -> 
 
 
 def _method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return method_rank(method)
 
 
 def _mean_std(values: Sequence[float], digits: int = 2) -> str:

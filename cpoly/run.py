@@ -26,7 +26,7 @@ from cpoly.atomic import atomic_write_text
 from cpoly.backbones import BackboneConfig, load_backbone
 from cpoly.backbones.config import BackboneConfigError
 from cpoly.backbones.hub import BackboneUnavailableError
-from cpoly.config import ConfigError, MethodConfig, check_config, method_option, register_configs, to_object
+from cpoly.config import ConfigError, MethodConfig, method_option, prepare_config, register_configs, to_object
 from cpoly.data import load_benchmark
 from cpoly.data.collate import make_collator
 from cpoly.data.example import BenchmarkData, Example
@@ -171,7 +171,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one setting; returns `results.json`'s content."""
     wall_start = time.perf_counter()
     register_configs()
-    check_config(cfg)
+    prepare_config(cfg)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[assignment]
     backbone_cfg = BackboneConfig.from_any(cfg.backbone).validate()
     # The process group first: the folder's lock and every main-process decision read it (a launch whose

@@ -52,22 +52,64 @@ def test_default_is_cpoly_on_synthetic_with_the_pretrained_strings_t5(tmp_path):
 
 
 def test_run_names_carry_the_key_numbers():
-    assert skills_tag("cpoly", 3, 1, 1, 2) == "a3b1r2"
-    assert skills_tag("mhr", 4, 0, 8, 2) == "k4s8r2"
-    assert skills_tag("moe_lora", 4, 0, 1, 2) == "e4r2"
-    assert skills_tag("mtl_lora", None, None, None, None) == "n3r4"
-    assert skills_tag("hydralora", 3, 0, 1, 4) == "h3r4"
-    assert skills_tag("mixlora", None, None, None, None) == "e4r2"
+    assert skills_tag(dict(method="cpoly", n_skills=3, n_task_skills=1, n_splits=1, rank=2)) == "a3b1r2"
+    assert skills_tag(dict(method="mhr", n_skills=4, n_task_skills=0, n_splits=8, rank=2)) == "k4s8r2"
+    assert skills_tag(dict(method="moe_lora", n_skills=4, n_task_skills=0, n_splits=1, rank=2)) == "e4r2"
+    assert skills_tag(dict(method="mtl_lora")) == "n3r4"
+    assert skills_tag(dict(method="hydralora", n_skills=3, n_task_skills=0, n_splits=1, rank=4)) == "h3r4"
+    assert skills_tag(dict(method="mixlora")) == "e4r2"
     # layer settings off the method default show: one shared A, softmax allocation, a bottleneck, top-k, aux
-    assert skills_tag("poly", 4, 0, 1, 2, None, None, None, 1, "softmax", "diagonal") == "k4r2ka1zsoftmaxLdiagonal"
-    assert skills_tag("mixlora", 4, 0, 1, 2, None, None, None, None, None, None, 1, 0.01) == "e4r2top1aux0.01"
-    assert skills_tag("mixlora", 4, 0, 1, 2, None, None, None, 4, None, None, 2, 0.001) == "e4r2"
-    assert skills_tag("shared_lora", 1, 0, 1, 8) == "r8"
-    assert skills_tag("poly", None, None, None, None) == "k4r2"  # method defaults fill nulls
+    assert (
+        skills_tag(
+            dict(
+                method="poly",
+                n_skills=4,
+                n_task_skills=0,
+                n_splits=1,
+                rank=2,
+                n_skills_a=1,
+                allocation="softmax",
+                bottleneck="diagonal",
+            )
+        )
+        == "k4r2ka1zsoftmaxLdiagonal"
+    )
+    assert (
+        skills_tag(dict(method="mixlora", n_skills=4, n_task_skills=0, n_splits=1, rank=2, top_k=1, aux_loss_coef=0.01))
+        == "e4r2top1aux0.01"
+    )
+    assert (
+        skills_tag(
+            dict(
+                method="mixlora",
+                n_skills=4,
+                n_task_skills=0,
+                n_splits=1,
+                rank=2,
+                n_skills_a=4,
+                top_k=2,
+                aux_loss_coef=0.001,
+            )
+        )
+        == "e4r2"
+    )
+    assert skills_tag(dict(method="shared_lora", n_skills=1, n_task_skills=0, n_splits=1, rank=8)) == "r8"
+    assert skills_tag(dict(method="poly")) == "k4r2"  # method defaults fill nulls
     # a parameter-matched run shows the knob it sizes as M and names what it matches
-    assert skills_tag("poly", None, 0, 1, 2, "cpoly", "n_skills") == "kMr2-match_cpoly"
-    assert skills_tag("shared_lora", 1, 0, 1, None, "cpoly", "rank") == "rM-match_cpoly"
-    assert skills_tag("cpoly", None, 2, 1, 2, "cpoly_b3", None) == "aMb2r2-match_cpoly_b3"
+    assert (
+        skills_tag(dict(method="poly", n_task_skills=0, n_splits=1, rank=2, match_params="cpoly", match_by="n_skills"))
+        == "kMr2-match_cpoly"
+    )
+    assert (
+        skills_tag(
+            dict(method="shared_lora", n_skills=1, n_task_skills=0, n_splits=1, match_params="cpoly", match_by="rank")
+        )
+        == "rM-match_cpoly"
+    )
+    assert (
+        skills_tag(dict(method="cpoly", n_task_skills=2, n_splits=1, rank=2, match_params="cpoly_b3"))
+        == "aMb2r2-match_cpoly_b3"
+    )
 
 
 def test_experiments_live_at_the_top_level_and_state_only_their_deltas(tmp_path):
@@ -191,29 +233,45 @@ def test_wandb_sweeps_name_real_keys_and_pass_them_as_overrides(path, tmp_path):
     assert metric_key in ("rougeL", "score", "char_similarity", "exact_match")
 
 
-@pytest.mark.parametrize("method", __import__("cpoly.skills", fromlist=["METHODS"]).METHODS)
-def test_each_method_file_states_its_methods_defaults(method):
-    """conf/method/<method>.yaml and SkillConfig's method defaults say the same thing (two statements of one
-    setting must not drift): every layer field the file sets equals what SkillConfig fills in."""
-    from cpoly.config import method_option
-    from cpoly.skills import SkillConfig
+METHOD_OPTIONS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 
-    option = method_option(method)
-    defaults = SkillConfig(method=method, task_names=["a", "b"])
-    fields = ("rank", "n_skills", "n_skills_a", "n_task_skills", "n_splits", "mixing", "task_weights", "allocation")
-    fields += ("bottleneck", "temperature", "top_k", "aux_loss_coef")
-    stated = {f: getattr(option, f) for f in fields if getattr(option, f) is not None}
-    assert stated == {f: getattr(defaults, f) for f in stated}, method
-    assert {"rank", "n_skills", "n_task_skills"} <= set(stated)
+
+def test_every_registered_method_has_its_option_file():
+    """`method=<name>` selects each registered method: conf/method/<name>.yaml names it."""
+    from cpoly.config import method_option
+    from cpoly.skills.methods import METHODS
+
+    for name in METHODS:
+        option = method_option(name)
+        assert (option.name, option.method) == (name, name)
+
+
+@pytest.mark.parametrize("option_name", METHOD_OPTIONS)
+def test_each_method_option_holds_only_real_variants(option_name):
+    """A method file selects a registered method; every layer setting it states differs from that method's
+    registry default (a restated default is a second place for one fact, and could drift)."""
+    from cpoly.config import method_option
+    from cpoly.skills.methods import METHODS
+
+    option = method_option(option_name)
+    assert option.method in METHODS, option_name
+    defaults = METHODS[option.method].settings()
+    stated = {f: getattr(option, f) for f in defaults if getattr(option, f) is not None}
+    assert all(value != defaults[f] for f, value in stated.items()), (option_name, stated)
+    assert option.router_lr is None  # the registry's router lr
+    if option_name in METHODS:
+        assert stated == {}, option_name  # a method's own file only selects it
 
 
 def test_the_method_schema_has_every_layer_setting():
-    """Every SkillConfig field but what the run supplies (tasks, heads) can be set from `method.` (a new
-    layer field cannot be left unreachable from the command line)."""
+    """The Hydra schema and SkillConfig read one list of layer settings: every SkillConfig field but what the
+    run supplies (tasks, heads) can be set from `method.`."""
     import dataclasses
 
     from cpoly.config import MethodConfig
     from cpoly.skills import SkillConfig
+    from cpoly.skills.settings import LayerSettings
 
+    assert issubclass(MethodConfig, LayerSettings) and issubclass(SkillConfig, LayerSettings)
     layer = {f.name for f in dataclasses.fields(SkillConfig)} - {"task_names", "modules_to_save"}
     assert layer <= {f.name for f in dataclasses.fields(MethodConfig)}

@@ -6,7 +6,6 @@ import pytest
 
 from cpoly import SkillConfig
 from cpoly.skills import METHODS, SkillConfigError
-from cpoly.skills.config import METHOD_DEFAULTS
 
 TASKS = ["a", "b"]
 
@@ -14,7 +13,7 @@ TASKS = ["a", "b"]
 @pytest.mark.parametrize("method", METHODS)
 def test_method_defaults_are_the_paper_settings(method):
     config = SkillConfig(method=method, task_names=TASKS)
-    for name, value in METHOD_DEFAULTS[method].items():
+    for name, value in METHODS[method].settings().items():
         assert getattr(config, name) == value
     assert SkillConfig.from_dict(config.to_dict()) == config
 

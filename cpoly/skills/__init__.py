@@ -1,8 +1,9 @@
-"""The skill library: one skilled-LoRA layer for all nine methods, task routing, save/load, PEFT interop."""
+"""The skill library: one skilled-LoRA layer for every registered method, task routing, save/load, PEFT interop."""
 
-from cpoly.skills.config import METHODS, SkillConfig, SkillConfigError
+from cpoly.skills.config import SkillConfig, SkillConfigError
 from cpoly.skills.io import export_task_lora, load_skills, save_skills, task_lora_factors
 from cpoly.skills.layer import SkilledLinear
+from cpoly.skills.methods import METHODS, Method, register_method
 from cpoly.skills.model import (
     Allocation,
     add_skills,
@@ -18,6 +19,7 @@ from cpoly.skills.model import (
 __all__ = [
     "METHODS",
     "Allocation",
+    "Method",
     "SkillConfig",
     "SkillConfigError",
     "SkilledLinear",
@@ -28,6 +30,7 @@ __all__ = [
     "export_task_lora",
     "load_skills",
     "pop_aux_loss",
+    "register_method",
     "save_skills",
     "skill_state",
     "skilled_layers",

@@ -1,9 +1,10 @@
-"""`SkillConfig`: one skilled-LoRA configuration for all nine methods (DESIGN.md section 2;
-the three published since C-Poly: docs/methods.md).
+"""`SkillConfig`: one skilled-LoRA configuration for every registered method (DESIGN.md section 2;
+the methods published since C-Poly: docs/methods.md).
 
-The methods are configurations of one layer. Fields left as `None` take the method's default (the
-paper's settings); every explicit value is checked against the method's rules on construction, and
-every error names the field and the bad value.
+The methods are configurations of one layer: its settings are `LayerSettings` (cpoly/skills/settings.py),
+each method's defaults and rules its entry in the registry (cpoly/skills/methods.py). Fields left as
+`None` take the method's default (the paper's settings); every explicit value is checked against the
+method's rules on construction, and every error names the field and the bad value.
 """
 
 from __future__ import annotations
@@ -13,45 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("shared_lora", "task_lora", "moe_lora", "poly", "mhr", "cpoly", "mtl_lora", "hydralora", "mixlora")
-# Methods whose weights come from a gate on each token (no task ids): every other method but shared_lora
-# routes by task.
-TOKEN_ROUTED = ("moe_lora", "hydralora", "mixlora")
-
-# Paper settings: vanilla LoRA r=8; MoE-like methods 4 experts of r=2; C-Poly A=3, B=1, r=2.
-# task_lora uses r=2 so that it is C-Poly's exclusive skill alone (the A=0 ablation). The methods published
-# since keep their papers' structure (docs/methods.md): MTL-LoRA one shared A, a per-task r x r bottleneck and
-# n=3 up-projections mixed by a per-task softmax at temperature 0.1; HydraLoRA one shared A and N=3 B heads
-# under a dense token router; MixLoRA 4 LoRA experts under a top-2 token router with a load-balancing loss
-# (0.001). Their ranks keep the family's budget: about a LoRA r=8's parameters on square layers.
-# fmt: off
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {  # one row per method: a table
-    "shared_lora": dict(rank=8, n_skills=1, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed"),
-    "task_lora": dict(rank=2, n_skills=0, n_task_skills=1, n_splits=1, mixing="params", task_weights="fixed"),
-    "moe_lora": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed"),
-    "poly": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="params", task_weights="fixed"),
-    "mhr": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=4, mixing="params", task_weights="fixed"),
-    "cpoly": dict(rank=2, n_skills=3, n_task_skills=1, n_splits=1, mixing="params", task_weights="trainable"),
-    "mtl_lora": dict(rank=4, n_skills=3, n_skills_a=1, n_task_skills=0, n_splits=1, mixing="params",
-                     task_weights="fixed", allocation="softmax", bottleneck="full", temperature=0.1),
-    "hydralora": dict(rank=4, n_skills=3, n_skills_a=1, n_task_skills=0, n_splits=1, mixing="outputs",
-                      task_weights="fixed"),
-    "mixlora": dict(rank=2, n_skills=4, n_task_skills=0, n_splits=1, mixing="outputs", task_weights="fixed",
-                    top_k=2, aux_loss_coef=0.001),
-}
-# fmt: on
-# Defaults every method shares unless its row above says otherwise (n_skills_a stays None: one A per skill).
-COMMON_DEFAULTS: dict[str, Any] = dict(allocation="bernoulli", bottleneck="none", aux_loss_coef=0.0, temperature=1.0)
-
-MIXINGS = ("params", "outputs")
-TASK_WEIGHTS = ("trainable", "fixed", "block")
-ALLOCATIONS = ("bernoulli", "softmax")
-BOTTLENECKS = ("none", "full", "diagonal")
-UNKNOWN_TASK = ("error", "uniform")
-# The fields that take one of a few words, and those words
-CHOICES = dict(
-    mixing=MIXINGS, task_weights=TASK_WEIGHTS, allocation=ALLOCATIONS, bottleneck=BOTTLENECKS, unknown_task=UNKNOWN_TASK
-)
+from cpoly.skills.methods import METHODS, Method, token_routed_names
+from cpoly.skills.settings import CHOICES, LayerSettings
 
 
 class SkillConfigError(ValueError):
@@ -63,47 +27,21 @@ def _fail(field_name: str, value: Any, why: str) -> None:
 
 
 @dataclass
-class SkillConfig:
+class SkillConfig(LayerSettings):
     """Skilled LoRA on every target linear layer: K shared skills routed by a learned task-to-skill
     allocation, B exclusive skills per task, S splits (MHR heads), rank r, output scale alpha / r."""
 
-    method: str = "cpoly"
+    method: str = field(default="cpoly", metadata={"help": "a registered method (cpoly/skills/methods.py)"})
     task_names: list[str] = field(default_factory=list)
     # Module-name suffixes (PEFT semantics: a name equals it or ends with "." + it) or one regex
     # string matched against the full module name.
     target_modules: list[str] | str = field(default_factory=lambda: ["q", "v"])
-    rank: int | None = None
-    n_skills: int | None = None  # K shared skills (the experts of moe_lora); with n_skills_a, K_B up-projections
-    # K_A shared down-projections: None is one per skill (K pairs); 1 is one A shared by every B (HydraLoRA,
-    # MTL-LoRA: asymmetric pools)
-    n_skills_a: int | None = None
-    n_task_skills: int | None = None  # B exclusive skills per task
-    n_splits: int | None = None  # S; > 1 is Multi-Head Routing
-    alpha: float = 1.0  # the delta is scaled by alpha / rank; 1.0 is PEFT Poly's 1 / r
-    mixing: str | None = None  # "params" mixes A and B then multiplies; "outputs" sums skill outputs
-    # exclusive-skill weights W_B: "trainable" (dense T x T*B, identity init), "fixed" (the identity) or
-    # "block" (trainable within each task's own B skills only, T x B, identity init: the paper's Eq. 2)
-    task_weights: str | None = None
-    # how a learned allocation turns task logits into weights over the shared skills: "bernoulli" (Poly:
-    # relaxed-Bernoulli samples while training, sigmoid at evaluation, normalised) or "softmax" (MTL-LoRA:
-    # softmax(logits / temperature), the same in training and evaluation)
-    allocation: str | None = None
-    # a per-task r x r matrix between the mixed A and B: "full" (identity init), "diagonal" (ones) or "none";
-    # h = W0 x + (alpha / r) x A Lambda_t B (MTL-LoRA)
-    bottleneck: str | None = None
-    # relaxed-Bernoulli or allocation-softmax temperature; token-gate softmax temperature (None: 1, mtl_lora 0.1)
-    temperature: float | None = None
-    top_k: int | None = None  # token-routed methods: keep the k largest gate values per token (None: dense)
-    # token-routed methods: coefficient of the load-balancing loss (Switch/Mixtral form) added to the training
-    # loss and logged as train/aux_loss; 0 computes none
-    aux_loss_coef: float | None = None
-    unknown_task: str = "error"  # "uniform": unseen tasks get uniform shared weights and no task skill
     modules_to_save: list[str] = field(default_factory=list)  # kept trainable and saved (e.g. task heads)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             _fail("method", self.method, f"must be one of {', '.join(METHODS)}")
-        for name, default in {**COMMON_DEFAULTS, **METHOD_DEFAULTS[self.method]}.items():
+        for name, default in self.spec.settings().items():
             if getattr(self, name) is None:
                 setattr(self, name, default)
         self._check_types()
@@ -178,39 +116,34 @@ class SkillConfig:
             _fail("mixing", self.mixing, "output mixing is defined for n_splits=1 only (a skill is one LoRA)")
 
     def _check_method_rules(self) -> None:
-        m = self.method
-        exact = {
-            "shared_lora": dict(n_skills=1, n_task_skills=0, n_splits=1),
-            "task_lora": dict(n_skills=0, n_splits=1, task_weights="fixed"),
-            "moe_lora": dict(n_task_skills=0, n_splits=1, mixing="outputs"),
-            "poly": dict(n_task_skills=0, n_splits=1),
-            "mhr": dict(n_task_skills=0),
-            "cpoly": {},
-            "mtl_lora": dict(n_skills_a=1, n_task_skills=0, n_splits=1, mixing="params"),
-            "hydralora": dict(n_skills_a=1, n_task_skills=0, n_splits=1, mixing="outputs"),
-            "mixlora": dict(n_task_skills=0, n_splits=1, mixing="outputs"),
-        }[m]
-        if m in ("moe_lora", "mixlora") and self.n_skills_a not in (None, self.n_skills):
+        spec, m = self.spec, self.method
+        if spec.expert_pairs and self.n_skills_a not in (None, self.n_skills):
             _fail("n_skills_a", self.n_skills_a, f"method {m}'s experts are LoRA pairs: n_skills_a={self.n_skills}")
-        for name, required in exact.items():
+        for name, required in spec.required.items():
             if getattr(self, name) != required:
                 _fail(name, getattr(self, name), f"method {m} requires {name}={required!r}")
-        if m == "task_lora" and self.n_task_skills < 1:
-            _fail("n_task_skills", self.n_task_skills, "task_lora needs at least one skill per task")
-        if m in ("moe_lora", "poly", "mhr", "mtl_lora", "hydralora", "mixlora") and self.n_skills < 1:
-            _fail("n_skills", self.n_skills, f"method {m} needs at least one shared skill")
-        if m == "mhr" and self.n_splits < 2:
-            _fail("n_splits", self.n_splits, "mhr routes several heads: n_splits must be >= 2 (1 is poly)")
+        if self.n_task_skills < spec.min_task_skills:
+            _fail("n_task_skills", self.n_task_skills, f"{m} needs at least {spec.min_task_skills} skill per task")
+        if self.n_skills < spec.min_skills:
+            _fail("n_skills", self.n_skills, f"method {m} needs at least {spec.min_skills} shared skill")
+        if self.n_splits < spec.min_splits:
+            _fail("n_splits", self.n_splits, f"{m} routes several heads: n_splits must be >= {spec.min_splits}")
+        self._check_feature_rules()
+
+    def _check_feature_rules(self) -> None:
+        """Layer features only some routing kinds have: a gate's top-k and load balancing, a learned
+        allocation's kind, a per-task bottleneck."""
+        m, token_routed = self.method, ", ".join(token_routed_names())
         if self.top_k is not None:
             if not self.token_routed:
-                _fail("top_k", self.top_k, f"only the token-routed methods ({', '.join(TOKEN_ROUTED)}) have a gate")
+                _fail("top_k", self.top_k, f"only the token-routed methods ({token_routed}) have a gate")
             if not 1 <= self.top_k <= self.n_skills:
                 _fail("top_k", self.top_k, f"must lie in [1, n_skills={self.n_skills}]")
         if self.aux_loss_coef > 0 and not self.token_routed:
             _fail(
                 "aux_loss_coef",
                 self.aux_loss_coef,
-                f"a load-balancing loss needs a token gate ({', '.join(TOKEN_ROUTED)})",
+                f"a load-balancing loss needs a token gate ({token_routed})",
             )
         if self.allocation != "bernoulli" and not self.has_learned_allocation:
             _fail("allocation", self.allocation, f"method {m} has no learned task-to-skill allocation")
@@ -225,6 +158,11 @@ class SkillConfig:
 
     # -- derived ----------------------------------------------------------------------------------
     @property
+    def spec(self) -> Method:
+        """The method's registry entry."""
+        return METHODS[self.method]
+
+    @property
     def n_tasks(self) -> int:
         return len(self.task_names)
 
@@ -235,7 +173,12 @@ class SkillConfig:
     @property
     def has_learned_allocation(self) -> bool:
         """A learned task-to-skill allocation Z over the shared skills (Poly, MHR, C-Poly)."""
-        return self.method in ("poly", "mhr", "cpoly", "mtl_lora") and self.n_skills > 0
+        return self.spec.learned_allocation and self.n_skills > 0
+
+    @property
+    def has_router(self) -> bool:
+        """Allocation logits or a token gate: what `optim.router_lr` trains."""
+        return self.has_learned_allocation or self.token_routed
 
     @property
     def has_trainable_task_weights(self) -> bool:
@@ -244,13 +187,13 @@ class SkillConfig:
 
     @property
     def needs_task_ids(self) -> bool:
-        """shared_lora and moe_lora route without knowing the task."""
-        return self.method != "shared_lora" and not self.token_routed
+        """Task-routed methods; the shared and token-routed ones route without knowing the task."""
+        return self.spec.routing == "task"
 
     @property
     def token_routed(self) -> bool:
-        """Each token's weights come from a gate on its input (`TOKEN_ROUTED`)."""
-        return self.method in TOKEN_ROUTED
+        """Each token's weights come from a gate on its input."""
+        return self.spec.routing == "token"
 
     @property
     def asymmetric(self) -> bool:

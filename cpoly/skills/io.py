@@ -21,6 +21,7 @@ from cpoly.atomic import atomic_directory
 from cpoly.distributed import gathered, sharded_like
 from cpoly.skills.config import SkillConfig
 from cpoly.skills.layer import linear_shape
+from cpoly.skills.methods import peft_poly_method
 from cpoly.skills.model import add_skills, find_target_modules, skill_state, skilled_layers, task_batch
 
 CONFIG_NAME = "adapter_config.json"
@@ -238,7 +239,7 @@ def _peft_poly_adapter(
     if len(names) != n_tasks:
         raise ValueError(f"{directory}: the PEFT adapter has n_tasks={n_tasks} but {len(names)} task names were given")
     config = SkillConfig(
-        method="mhr" if n_splits > 1 else "poly",
+        method=peft_poly_method(n_splits),
         task_names=names,
         target_modules=sorted(layers),
         rank=int(meta["r"]),

@@ -120,10 +120,8 @@ class SkilledLinear(nn.Module):
         if c.bottleneck != "none":
             self.bottleneck = TaskBottleneck(n_tasks, r, c.bottleneck)
         if c.token_routed:
-            # MixLoRA's router starts N(0, 0.02); the others keep nn.Linear's (HydraLoRA's, Kaiming-uniform)
-            self.gate = TokenGate(
-                self.d_in, K, c.temperature, c.top_k, init_std=0.02 if c.method == "mixlora" else None
-            )
+            # the registry's gate init (MixLoRA's router starts N(0, 0.02)); None keeps nn.Linear's (Kaiming-uniform)
+            self.gate = TokenGate(self.d_in, K, c.temperature, c.top_k, init_std=c.spec.gate_init_std)
         self._move_to(base_layer)
         self.train(base_layer.training)  # new submodules start in training mode; follow the model's mode
 
@@ -176,7 +174,7 @@ class SkilledLinear(nn.Module):
         if self.config.token_routed:
             experts_b = self.shared_B[0].reshape(-1, self.d_out)  # (K*r, d_out)
             return _add_scaled_product(result, self._gated_expert_inputs(h), experts_b, scaling)
-        if self.config.method == "shared_lora":
+        if self.config.spec.routing == "none":  # one LoRA for every input
             return _add_scaled_product(result, h @ self.shared_A[0, 0], self.shared_B[0, 0], scaling)
         x3 = h.reshape(h.shape[0], -1, self.d_in)
         batch, repeats = self._task_batch(x3.shape[0])

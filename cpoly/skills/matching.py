@@ -18,22 +18,10 @@ from torch import nn
 
 from cpoly.skills.config import SkillConfig, SkillConfigError
 from cpoly.skills.layer import SkilledLinear, linear_shape
+from cpoly.skills.methods import MATCH_FIELDS
 from cpoly.skills.model import find_target_modules
 from cpoly.skills.router import RoutingState
 
-MATCH_FIELDS = ("n_skills", "rank")
-# The knob that sizes each method when none is named.
-DEFAULT_FIELD = {
-    "shared_lora": "rank",
-    "task_lora": "rank",
-    "moe_lora": "n_skills",
-    "poly": "n_skills",
-    "mhr": "n_skills",
-    "cpoly": "n_skills",
-    "mtl_lora": "rank",
-    "hydralora": "rank",
-    "mixlora": "n_skills",
-}
 MAX_VALUE = 4096  # the search gives up past this many skills or this rank
 
 
@@ -76,7 +64,7 @@ def match_parameters(
 ) -> tuple[SkillConfig, Matching]:
     """`config` with `field` set so that its adapter parameters are closest to `reference`'s (ties: the
     smaller value); the count grows monotonically in either knob, so the search stops past the target."""
-    field = field or DEFAULT_FIELD[config.method]
+    field = field or config.spec.match_by
     if field not in MATCH_FIELDS:
         raise SkillConfigError(f"method.match_by={field!r}: must be one of {', '.join(MATCH_FIELDS)}")
     target = adapter_parameters(reference, shapes)
