@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,17 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from cpoly.atomic import atomic_write_text
 from cpoly.backbones import BackboneConfig, load_backbone
-from cpoly.backbones.config import BackboneConfigError
-from cpoly.backbones.hub import BackboneUnavailableError
 from cpoly.config import ConfigError, MethodConfig, method_option, prepare_config, register_configs, to_object
 from cpoly.data import load_benchmark
 from cpoly.data.collate import make_collator
 from cpoly.data.example import BenchmarkData, Example
-from cpoly.data.io import DataError
 from cpoly.data.tokenize import tokenize_examples
 from cpoly.logging import WandbLogger
 from cpoly.skills import SkillConfig, add_skills, count_parameters, enable_gradient_checkpointing
-from cpoly.skills.config import SkillConfigError
 from cpoly.skills.io import read_adapter
 from cpoly.skills.matching import Matching, adapted_shapes, match_parameters
 from cpoly.skills.transfer import (
@@ -49,9 +44,8 @@ from cpoly.skills.transfer import (
 )
 from cpoly.train.evaluation import DEV_AVERAGE, evaluate
 from cpoly.train.launch import make_accelerator
-from cpoly.train.loop import LoopState, TrainingDiverged, TrainLoop
+from cpoly.train.loop import LoopState, TrainLoop
 from cpoly.train.ownership import own_run_folder
-from cpoly.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 from cpoly.train.reporting import RunReporter, git_sha
 from cpoly.train.resume import config_hash, resume_decision
 
@@ -334,47 +328,3 @@ def _train(
         raise
     accelerator.wait_for_everyone()
     return results
-
-
-# Errors in what the user gave (config, data, backbone choice): `python train.py` prints their one-line
-# message and exits with this status, apart from crashes (1) and preemption (75).
-USER_ERRORS = (ConfigError, DataError, BackboneConfigError, BackboneUnavailableError, SkillConfigError)
-USER_ERROR_EXIT_CODE = 2
-DIVERGED_EXIT_CODE = 3  # a non-finite loss or adapter: last/ holds the last good checkpoint
-
-
-def _in_multirun() -> bool:
-    """A multirun's launcher records a failed job and goes on with the others: it needs the exception."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entrypoint body: train, and hand the optimised metric to sweepers."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        results = train(cfg)
-    except Preempted as stop:  # a SIGTERM/SIGUSR1: last/ holds the state; the same command continues
-        log.warning("run %s %s; last/ holds its state: the same command continues it", cfg.get("run_name"), stop)
-        if stop.requeue is not None:  # submitit's handler: requeue the job (it exits the process itself)
-            stop.requeue()
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
-    except USER_ERRORS as error:  # the user's input: one line that names it, not a traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
-            log.error("run %s failed: %s", cfg.get("run_name"), error)
-            raise
-        log.error("%s (set HYDRA_FULL_ERROR=1 for the traceback)", error)
-        raise SystemExit(USER_ERROR_EXIT_CODE) from None
-    except TrainingDiverged as error:
-        log.error("run %s stopped: %s", cfg.get("run_name"), error)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
-            raise
-        raise SystemExit(DIVERGED_EXIT_CODE) from None
-    except Exception:
-        # In a multirun the launcher goes on with the other jobs and re-raises only the first failure
-        # at the end: log every failure where it happens (console and the job's train.log).
-        log.exception("run %s failed", cfg.get("run_name"))
-        raise
-    return results["selection"]["value"]  # the dev score best/ was chosen by: what sweepers maximise

@@ -17,9 +17,11 @@ import torch
 from helpers.compose import REPO_ROOT, compose_train
 from hydra.errors import ConfigCompositionException
 
+from cpoly import entry
 from cpoly.config import ConfigError
 from cpoly.data.io import DataError
-from cpoly.run import DIVERGED_EXIT_CODE, USER_ERROR_EXIT_CODE, train
+from cpoly.entry import DIVERGED_EXIT_CODE, USER_ERROR_EXIT_CODE
+from cpoly.run import train
 from cpoly.train.ownership import RunFolderBusy, own_run_folder
 
 SMOKE = ["debug=smoke", "benchmark.n_tasks=3", "benchmark.n_train_per_task=20", "benchmark.n_eval_per_task=3"]
@@ -136,7 +138,7 @@ def test_bad_synthetic_values_are_a_user_error_before_anything_loads(override, m
     monkeypatch.setattr(run, "make_accelerator", lambda *a, **k: pytest.fail("work started before the check"))
     with pytest.raises(DataError, match=match) as error:
         train(compose_train(["debug=smoke", override], tmp_path / "run"))
-    assert isinstance(error.value, run.USER_ERRORS)
+    assert isinstance(error.value, entry.USER_ERRORS)
 
 
 def test_a_dev_split_that_would_leave_no_training_example_is_named(tmp_path, data_dir):

@@ -60,3 +60,28 @@ def test_there_is_no_import_cycle_in_cpoly():
     graph = import_graph()
     assert "cpoly.backbones.recipe" in graph["cpoly.backbones.config"]  # the graph is read, imports resolved
     assert cycles(graph) == []
+
+
+def test_the_config_path_loads_no_model_library():
+    """`train.py --help` and a config error answer before torch, transformers, PEFT, Accelerate or W&B load:
+    train.py imports only cpoly.config and cpoly.entry, and cpoly.run (the heavy part) comes after the checks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cpoly, cpoly.config, cpoly.entry; cpoly.config.register_configs(); "
+        "heavy = ('torch', 'transformers', 'peft', 'accelerate', 'wandb', 'datasets'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_lazy_packages_export_what_they_list():
+    """cpoly, cpoly.skills and cpoly.backbones load their public names on first use; each listed name resolves."""
+    import importlib
+
+    for name in ("cpoly", "cpoly.skills", "cpoly.backbones"):
+        package = importlib.import_module(name)
+        for attribute in package.__all__:
+            assert getattr(package, attribute) is not None, (name, attribute)

@@ -39,6 +39,7 @@ from cpoly.skills.router import (
     TaskSkillWeights,
     TokenGate,
 )
+from cpoly.skills.settings import LAYER_FIELD_NAMES, LAYER_FIELDS
 
 ADAPTABLE_TYPES = (nn.Linear, Conv1D)
 
@@ -318,14 +319,12 @@ class SkilledLinear(nn.Module):
         return xa.flatten(-2)
 
     def extra_repr(self) -> str:
+        """The method, the layer's shape and task count, its skill counts and rank, and every other layer
+        setting (LayerSettings' fields) that differs from the method's default (its registry entry)."""
         c = self.config
-        return (
-            f"method={c.method}, d_in={self.d_in}, d_out={self.d_out}, rank={c.rank}, K={c.n_skills}, "
-            f"B={c.n_task_skills}, S={c.n_splits}, T={c.n_tasks}, mixing={c.mixing}"
-            + (f", K_A={c.n_skills_a}" if c.asymmetric else "")
-            + (f", task_weights={c.task_weights}" if c.n_task_skills else "")
-            + (f", allocation={c.allocation}" if c.has_learned_allocation and c.allocation != "bernoulli" else "")
-            + (f", bottleneck={c.bottleneck}" if c.bottleneck != "none" else "")
-            + (f", top_k={c.top_k}" if c.top_k is not None else "")
-            + (f", aux_loss_coef={c.aux_loss_coef}" if c.aux_loss_coef else "")
-        )
+        defaults = {f.name: f.default for f in LAYER_FIELDS} | c.spec.settings()
+        shown = [f"method={c.method}, d_in={self.d_in}, d_out={self.d_out}, T={c.n_tasks}"]
+        for name in LAYER_FIELD_NAMES:
+            if name in ("rank", "n_skills", "n_task_skills", "n_splits") or getattr(c, name) != defaults[name]:
+                shown.append(f"{name}={getattr(c, name)}")
+        return ", ".join(shown)
