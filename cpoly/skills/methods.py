@@ -158,3 +158,9 @@ register_method(Method(
     defaults=dict(n_skills=4, mixing="outputs", top_k=2, aux_loss_coef=0.001),
     required=dict(_POOLED, mixing="outputs"), min_skills=1, expert_pairs=True, gate_init_std=0.02,
 ))  # fmt: skip
+register_method(Method(
+    name="switch_lora", help="Switch-style LoRA experts: each token to its top-1 expert, load-balancing loss 0.01",
+    routing="token", tag=lambda k, b, s: f"e{k}",
+    defaults=dict(n_skills=4, mixing="outputs", top_k=1, aux_loss_coef=0.01),
+    required=dict(_POOLED, mixing="outputs"), min_skills=1, expert_pairs=True,
+))  # fmt: skip
