@@ -79,6 +79,18 @@ class OptimConfig:
     scheduler: str = "linear"  # linear | cosine | constant (after warmup)
     warmup_ratio: float = 0.06  # share of max_steps spent warming up linearly from 0
 
+    def validate(self) -> OptimConfig:
+        for name in ("lr", "eps", "router_lr"):  # `not > 0`: also refuses nan, which would train to a nan loss
+            value = getattr(self, name)
+            if value is not None and not (0 < value < math.inf):
+                raise ConfigError(f"optim.{name}={value}: must be a finite number > 0")
+        if not (0 <= self.weight_decay < math.inf):
+            raise ConfigError(f"optim.weight_decay={self.weight_decay}: must be a finite number >= 0")
+        _check_choice("optim.scheduler", self.scheduler, ("linear", "cosine", "constant"))
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"optim.warmup_ratio={self.warmup_ratio}: must lie in [0, 1)")
+        return self
+
 
 @dataclass
 class TrainerConfig:
@@ -119,6 +131,31 @@ class TrainerConfig:
     def global_batch_size(self, processes: int) -> int:
         """Examples per optimizer step: every micro-batch of every process."""
         return self.batch_size * self.grad_accum * processes
+
+    def validate(self, evaluates_a_library: bool = False) -> TrainerConfig:
+        """`evaluates_a_library`: init_from is set, so max_steps=0 (score the library as it is) is allowed."""
+        if self.max_steps < 0 or (self.max_steps == 0 and not evaluates_a_library):
+            raise ConfigError(
+                f"trainer.max_steps={self.max_steps}: must be >= 1 (0 evaluates a library as it is: only with init_from)"
+            )
+        for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every", "prefetch_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)}: must be >= 1")
+        if self.save_every is not None and self.save_every < 1:
+            raise ConfigError(f"trainer.save_every={self.save_every}: must be >= 1 (steps) or null")
+        if self.save_every_minutes is not None and not (0 < self.save_every_minutes < math.inf):
+            raise ConfigError(f"trainer.save_every_minutes={self.save_every_minutes}: must be > 0 or null")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"trainer.keep_checkpoints={self.keep_checkpoints}: must be >= 1")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(
+                f"trainer.num_workers={self.num_workers}: must be >= 0 (0 builds batches on the training thread)"
+            )
+        if not 0 <= self.min_task_mix <= 1:
+            raise ConfigError(f"trainer.min_task_mix={self.min_task_mix}: must lie in [0, 1]")
+        _check_choice("trainer.precision", self.precision, ("auto", "no", "bf16", "fp16"))
+        _check_choice("trainer.task_sampling", self.task_sampling, ("proportional", "uniform", "temperature"))
+        return self
 
 
 @dataclass
@@ -263,6 +300,11 @@ class ConfigError(ValueError):
     """A cross-field check failed; the message names the keys and values in override syntax."""
 
 
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(choices)}")
+
+
 def to_object(node: DictConfig) -> Any:
     """The group's dataclass instance (schemas run their own checks in `__post_init__`/`validate`)."""
     return OmegaConf.to_object(node)
@@ -310,53 +352,13 @@ def check_config(cfg: DictConfig) -> None:
     except SkillConfigError as e:
         raise ConfigError(str(e).replace("SkillConfig.", "method.")) from None
     _check_matching(method, skill)
+    optim.validate()
     if optim.router_lr is not None and not skill.has_router:
         raise ConfigError(
             f"optim.router_lr={optim.router_lr}: method {skill.method} has no router "
             "(no allocation logits or gate); remove it or pick poly/mhr/cpoly/mtl_lora or a token-routed method"
         )
-    for name in ("lr", "eps", "router_lr"):  # `not > 0`: also refuses nan, which would train to a nan loss
-        value = getattr(optim, name)
-        if value is not None and not (0 < value < math.inf):
-            raise ConfigError(f"optim.{name}={value}: must be a finite number > 0")
-    if not (0 <= optim.weight_decay < math.inf):
-        raise ConfigError(f"optim.weight_decay={optim.weight_decay}: must be a finite number >= 0")
-    if optim.scheduler not in ("linear", "cosine", "constant"):
-        raise ConfigError(f"optim.scheduler={optim.scheduler!r}: must be one of linear, cosine, constant")
-    if not 0 <= optim.warmup_ratio < 1:
-        raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio}: must lie in [0, 1)")
-    if trainer.max_steps < 0 or (trainer.max_steps == 0 and not cfg.get("init_from")):
-        raise ConfigError(
-            f"trainer.max_steps={trainer.max_steps}: must be >= 1 (0 evaluates a library as it is: only with init_from)"
-        )
-    for name in (
-        "batch_size",
-        "grad_accum",
-        "eval_every",
-        "eval_batch_size",
-        "log_every",
-        "prefetch_factor",
-    ):
-        if getattr(trainer, name) < 1:
-            raise ConfigError(f"trainer.{name}={getattr(trainer, name)}: must be >= 1")
-    if trainer.save_every is not None and trainer.save_every < 1:
-        raise ConfigError(f"trainer.save_every={trainer.save_every}: must be >= 1 (steps) or null")
-    if trainer.save_every_minutes is not None and not (0 < trainer.save_every_minutes < math.inf):
-        raise ConfigError(f"trainer.save_every_minutes={trainer.save_every_minutes}: must be > 0 or null")
-    if trainer.keep_checkpoints < 1:
-        raise ConfigError(f"trainer.keep_checkpoints={trainer.keep_checkpoints}: must be >= 1")
-    if trainer.num_workers is not None and trainer.num_workers < 0:
-        raise ConfigError(
-            f"trainer.num_workers={trainer.num_workers}: must be >= 0 (0 builds batches on the training thread)"
-        )
-    if not 0 <= trainer.min_task_mix <= 1:
-        raise ConfigError(f"trainer.min_task_mix={trainer.min_task_mix}: must lie in [0, 1]")
-    if trainer.precision not in ("auto", "no", "bf16", "fp16"):
-        raise ConfigError(f"trainer.precision={trainer.precision!r}: must be one of auto, no, bf16, fp16")
-    if trainer.task_sampling not in ("proportional", "uniform", "temperature"):
-        raise ConfigError(
-            f"trainer.task_sampling={trainer.task_sampling!r}: must be proportional, uniform or temperature"
-        )
+    trainer.validate(evaluates_a_library=bool(cfg.get("init_from")))
     _check_optimized_metric(cfg.get("optimized_metric"))
     if cfg.resume not in ("auto", "never", "must"):
         raise ConfigError(f"resume={cfg.resume!r}: must be auto (continue from last/ if there), never or must")
