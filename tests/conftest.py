@@ -50,3 +50,25 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+# The composed train config, as lightning-hydra-template's `cfg_train_global`: Hydra composes the default at
+# smoke sizes with the tests' backbone once per session; each test gets its own copy (`cfg_train`) with its
+# own output folder, and changes values on it (`cfg.trainer.max_steps = 6`), not the groups it selects.
+SMOKE_SIZES = ["debug=smoke", "benchmark.n_tasks=4", "benchmark.n_train_per_task=40", "benchmark.n_eval_per_task=6"]
+
+
+@pytest.fixture(scope="session")
+def cfg_train_global(tmp_path_factory):
+    from helpers.compose import compose_train
+
+    return compose_train(SMOKE_SIZES, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def cfg_train(cfg_train_global, tmp_path):
+    import copy
+
+    cfg = copy.deepcopy(cfg_train_global)
+    cfg.paths.output_dir = str(tmp_path)
+    return cfg

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from helpers.compose import compose_train
+from helpers.factories import skill_config
 from helpers.tiny_models import TASKS, tiny_t5
 from safetensors.torch import load_file
 
@@ -53,7 +54,7 @@ def _groups(model, **optim):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_trainable_parameter_is_in_exactly_one_group_with_its_lr_and_decay(method):
-    model = add_skills(tiny_t5(), SkillConfig(method=method, task_names=TASKS))
+    model = add_skills(tiny_t5(), skill_config(method))
     groups = _groups(model)
     members = {id(p): name for name, g in groups.items() for p in g["params"]}
     assert sum(len(g["params"]) for g in groups.values()) == len(members)  # no parameter twice

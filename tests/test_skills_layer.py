@@ -1,4 +1,5 @@
-"""The skilled-LoRA layer on the three architecture kinds: identity at init, training, equivalences."""
+"""The skilled-LoRA layer on the architecture kinds: identity at init (every method and variant), training,
+equivalences."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import copy
 
 import pytest
 import torch
+from helpers.factories import VARIANTS, skill_config
 from helpers.tiny_models import (
-    TASKS,
     causal_batch,
     randomize_adapters,
     t5_batch,
@@ -17,7 +18,7 @@ from helpers.tiny_models import (
     tiny_t5,
 )
 
-from cpoly import SkillConfig, add_skills, count_parameters, use_tasks
+from cpoly import add_skills, count_parameters, use_tasks
 from cpoly.skills import METHODS, SkilledLinear, skilled_layers
 
 ARCHS = {
@@ -40,11 +41,12 @@ def forward(model, batch, tasks=BATCH_TASKS):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method", METHODS)
-def test_fresh_adapter_leaves_outputs_unchanged(arch, method):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fresh_adapter_leaves_outputs_unchanged(arch, variant):
+    """Every method and variant starts as the identity on every architecture kind (B = 0, W_B = I, ...)."""
     make, targets, make_batch = ARCHS[arch]
     base = make().requires_grad_(False)  # frozen reference: grad mode changes CPU kernels by ~1e-6
-    model = add_skills(copy.deepcopy(base), SkillConfig(method=method, task_names=TASKS, target_modules=targets))
+    model = add_skills(copy.deepcopy(base), skill_config(variant, target_modules=targets))
     batch = make_batch()
     torch.testing.assert_close(forward(model, batch), forward(base, batch), atol=1e-6, rtol=0)
     n_layers = sum(1 for _ in skilled_layers(model))
@@ -53,7 +55,7 @@ def test_fresh_adapter_leaves_outputs_unchanged(arch, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains(method):
-    model = add_skills(tiny_t5(), SkillConfig(method=method, task_names=TASKS, target_modules=["q", "k", "v", "o"]))
+    model = add_skills(tiny_t5(), skill_config(method, target_modules=["q", "k", "v", "o"]))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(not p.requires_grad for n, p in model.named_parameters() if "base_layer" in n)
@@ -72,8 +74,8 @@ def test_each_method_trains(method):
 
 def test_cpoly_without_task_skills_is_poly():
     base = tiny_t5()
-    poly = add_skills(copy.deepcopy(base), SkillConfig(method="poly", task_names=TASKS, n_skills=3, n_splits=1))
-    cpoly = add_skills(copy.deepcopy(base), SkillConfig(method="cpoly", task_names=TASKS, n_skills=3, n_task_skills=0))
+    poly = add_skills(copy.deepcopy(base), skill_config("poly", n_skills=3, n_splits=1))
+    cpoly = add_skills(copy.deepcopy(base), skill_config("cpoly", n_skills=3, n_task_skills=0))
     randomize_adapters(poly)
     cpoly.load_state_dict(poly.state_dict())
     batch = t5_batch()
@@ -89,7 +91,7 @@ def test_cpoly_without_task_skills_is_poly():
 def test_shared_lora_equals_peft_lora():
     peft = pytest.importorskip("peft")
     base = tiny_t5()
-    ours = add_skills(copy.deepcopy(base), SkillConfig(method="shared_lora", task_names=TASKS, rank=4, alpha=8.0))
+    ours = add_skills(copy.deepcopy(base), skill_config("shared_lora", rank=4, alpha=8.0))
     randomize_adapters(ours)
     lora = peft.get_peft_model(
         copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8.0, target_modules=["q", "v"], lora_dropout=0.0)
@@ -108,7 +110,7 @@ def test_shared_lora_equals_peft_lora():
 def test_fixed_task_weights_isolate_tasks(mixing):
     """With fixed task weights an example of task t ignores other tasks' exclusive skills, and only its
     own exclusive skill receives a non-zero gradient (the others' is zero: every skill is stepped)."""
-    config = SkillConfig(method="cpoly", task_names=TASKS, task_weights="fixed", mixing=mixing)
+    config = skill_config("cpoly", task_weights="fixed", mixing=mixing)
     model = add_skills(tiny_t5(), config)
     randomize_adapters(model)
     batch = {k: v[:1] for k, v in t5_batch().items()}
@@ -130,7 +132,7 @@ def test_fixed_task_weights_isolate_tasks(mixing):
 
 
 def test_trainable_task_weights_start_as_identity_and_learn_off_diagonal():
-    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS, n_task_skills=2))
+    model = add_skills(tiny_t5(), skill_config("cpoly", n_task_skills=2))
     layer = next(layer for _, layer in skilled_layers(model))
     expected = torch.repeat_interleave(torch.eye(3), 2, dim=1) / 2
     torch.testing.assert_close(layer.task_weights.weight.detach(), expected)
@@ -144,11 +146,11 @@ def test_trainable_task_weights_start_as_identity_and_learn_off_diagonal():
 
 
 def test_unknown_tasks():
-    strict = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    strict = add_skills(tiny_t5(), skill_config("cpoly"))
     with pytest.raises(ValueError, match="unknown task 'task_z'"):
         with use_tasks(strict, ["task_a", "task_z"]):
             pass
-    lenient = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS, unknown_task="uniform"))
+    lenient = add_skills(tiny_t5(), skill_config("cpoly", unknown_task="uniform"))
     randomize_adapters(lenient)
     batch = t5_batch()
     mixed = forward(lenient, batch, ["task_a", "task_z", "task_b"])
@@ -165,7 +167,7 @@ def test_unknown_tasks():
 
 
 def test_task_ids_are_required_and_removed_after_the_context():
-    model = add_skills(tiny_t5(), SkillConfig(method="poly", task_names=TASKS))
+    model = add_skills(tiny_t5(), skill_config("poly"))
     with pytest.raises(RuntimeError, match="use_tasks"):
         model(**t5_batch())
     with pytest.raises(KeyError):
@@ -179,14 +181,14 @@ def test_task_ids_are_required_and_removed_after_the_context():
         with use_tasks(model, torch.tensor([0, 7, 1])):
             pass
     # task-agnostic methods need no task ids
-    shared = add_skills(tiny_t5(), SkillConfig(method="shared_lora", task_names=TASKS))
+    shared = add_skills(tiny_t5(), skill_config("shared_lora"))
     shared(**t5_batch())
 
 
 def test_half_as_many_task_ids_as_examples_is_an_error_outside_generate():
     """b/2 task ids for b examples used to route pairs of examples to one task in silence; only
     generate() expands a batch (beams, returned sequences) to a multiple of its task ids."""
-    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    model = add_skills(tiny_t5(), skill_config("cpoly"))
     batch = {k: torch.cat([v, v[:1]]) for k, v in t5_batch().items()}  # 4 examples
     with pytest.raises(ValueError, match="a batch of 4 inputs was routed with 2 task ids"):
         with use_tasks(model, ["task_a", "task_b"]):
@@ -201,21 +203,21 @@ def test_half_as_many_task_ids_as_examples_is_an_error_outside_generate():
 
 
 def test_target_modules_by_regex_and_no_match_error():
-    model = add_skills(tiny_t5(), SkillConfig(method="poly", task_names=TASKS, target_modules=r"encoder\..*\.(q|v)"))
+    model = add_skills(tiny_t5(), skill_config("poly", target_modules=r"encoder\..*\.(q|v)"))
     names = [n for n, _ in skilled_layers(model)]
     assert names and all(n.startswith("encoder.") and n.rsplit(".", 1)[-1] in ("q", "v") for n in names)
     with pytest.raises(ValueError) as err:
-        add_skills(tiny_t5(), SkillConfig(method="poly", task_names=TASKS, target_modules=["q_proj"]))
+        add_skills(tiny_t5(), skill_config("poly", target_modules=["q_proj"]))
     assert "q_proj" in str(err.value) and "SelfAttention.q" in str(err.value) and "wo" in str(err.value)
 
 
 def test_splits_must_divide_layer_dimensions():
     with pytest.raises(ValueError, match="n_splits=3"):
-        add_skills(tiny_t5(), SkillConfig(method="mhr", task_names=TASKS, n_splits=3))
+        add_skills(tiny_t5(), skill_config("mhr", n_splits=3))
 
 
 def test_parameter_counts_by_component():
-    config = SkillConfig(method="cpoly", task_names=TASKS, target_modules=["q", "v"])
+    config = skill_config("cpoly", target_modules=["q", "v"])
     model = add_skills(tiny_t5(), config)
     n_layers = sum(1 for _ in skilled_layers(model))  # 12: 4 encoder + 8 decoder (self + cross)
     d, r, K, T = 32, 2, 3, 3
@@ -229,7 +231,7 @@ def test_parameter_counts_by_component():
 
 def test_backbone_dtype_is_kept_and_adapters_train_in_fp32():
     model = tiny_llama().to(torch.bfloat16)
-    add_skills(model, SkillConfig(method="cpoly", task_names=TASKS, target_modules=["q_proj", "v_proj"]))
+    add_skills(model, skill_config("cpoly", target_modules=["q_proj", "v_proj"]))
     layer = next(layer for _, layer in skilled_layers(model))
     assert layer.base_layer.weight.dtype == torch.bfloat16 and layer.shared_A.dtype == torch.float32
     with use_tasks(model, BATCH_TASKS):

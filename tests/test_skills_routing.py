@@ -7,9 +7,10 @@ import copy
 
 import pytest
 import torch
-from helpers.tiny_models import TASKS, randomize_adapters, t5_batch, tiny_llama, tiny_t5
+from helpers.factories import skill_config
+from helpers.tiny_models import randomize_adapters, t5_batch, tiny_llama, tiny_t5
 
-from cpoly import SkillConfig, add_skills, enable_gradient_checkpointing, use_tasks
+from cpoly import add_skills, enable_gradient_checkpointing, use_tasks
 
 MIXED = ["task_c", "task_a", "task_b"]
 
@@ -22,7 +23,7 @@ def _generate(model, inputs, tasks, **kwargs):
 @pytest.mark.parametrize("method", ["cpoly", "mhr", "task_lora"])
 @pytest.mark.parametrize("beams, returned", [(1, 1), (3, 1), (3, 2)])
 def test_seq2seq_mixed_task_generate_equals_one_by_one(method, beams, returned):
-    model = add_skills(tiny_t5(), SkillConfig(method=method, task_names=TASKS, n_splits=2 if method == "mhr" else None))
+    model = add_skills(tiny_t5(), skill_config(method, n_splits=2 if method == "mhr" else None))
     randomize_adapters(model, std=1.0)
     batch = t5_batch()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -48,7 +49,7 @@ def test_seq2seq_mixed_task_generate_equals_one_by_one(method, beams, returned):
 
 @pytest.mark.parametrize("beams", [1, 2])
 def test_causal_mixed_task_generate_equals_one_by_one(beams):
-    model = add_skills(tiny_llama(), SkillConfig(method="cpoly", task_names=TASKS, target_modules=["q_proj", "v_proj"]))
+    model = add_skills(tiny_llama(), skill_config("cpoly", target_modules=["q_proj", "v_proj"]))
     randomize_adapters(model, std=1.0)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 384, (n,), generator=g) for n in (5, 8, 3)]
@@ -72,7 +73,7 @@ def test_causal_mixed_task_generate_equals_one_by_one(beams):
 @pytest.mark.parametrize("task_weights", ["trainable", "block"])
 @pytest.mark.parametrize("backward_inside_context", [True, False])
 def test_gradient_checkpointing_gives_the_same_gradients(backward_inside_context, task_weights):
-    base = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS, task_weights=task_weights))
+    base = add_skills(tiny_t5(), skill_config("cpoly", task_weights=task_weights))
     randomize_adapters(base)
     base.train()
     checkpointed = copy.deepcopy(base)
@@ -95,7 +96,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(backward_inside_context
 
 
 def test_nested_contexts_restore_the_outer_tasks():
-    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    model = add_skills(tiny_t5(), skill_config("cpoly"))
     with use_tasks(model, ["task_a"]):
         outer = model.cpoly_skills.routing.batch
         with use_tasks(model, ["task_b", "task_c"]):

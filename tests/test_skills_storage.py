@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from helpers.factories import skill_config
 from helpers.tiny_models import TASKS, randomize_adapters, t5_batch, tiny_t5
 
 from cpoly import SkillConfig, add_skills, enable_gradient_checkpointing, use_tasks
@@ -20,7 +21,7 @@ ABSENT = ["task_a", "task_c", "task_a"]  # task_b sits this batch out
 
 
 def _fixed(**overrides) -> SkillConfig:
-    return SkillConfig(method="cpoly", task_names=TASKS, task_weights="fixed", **overrides)
+    return skill_config("cpoly", task_weights="fixed", **overrides)
 
 
 def _loss(model, tasks, batch=None):
@@ -36,9 +37,7 @@ def _fixed_and_identity_trainable(n_task_skills: int = 1):
     base = tiny_t5()
     fixed = add_skills(copy.deepcopy(base), _fixed(n_task_skills=n_task_skills))
     randomize_adapters(fixed)
-    trainable = add_skills(
-        copy.deepcopy(base), SkillConfig(method="cpoly", task_names=TASKS, n_task_skills=n_task_skills)
-    )
+    trainable = add_skills(copy.deepcopy(base), skill_config("cpoly", n_task_skills=n_task_skills))
     for (_, t), (_, f) in zip(skilled_layers(trainable), skilled_layers(fixed), strict=True):
         t.load_adapter_tensors(f.adapter_tensors())
         t.task_weights.weight.data.copy_(t.task_weights.initial_weight())
@@ -99,7 +98,7 @@ def test_absent_tasks_follow_one_rule_whatever_the_storage():
 def test_trainable_task_weights_rows_of_absent_tasks_are_stepped_too():
     """W_B's row of an absent task has a zero gradient and is stepped by AdamW's moments, as the
     allocation logits' rows are: the same rule as the skills."""
-    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS))
+    model = add_skills(tiny_t5(), skill_config("cpoly"))
     randomize_adapters(model)
     model.train()
     optimizer = build_optimizer(model, OptimConfig(name="adamw", lr=1e-2))
@@ -173,7 +172,7 @@ def _reference_delta(layer, x, task: int):
 )
 @pytest.mark.parametrize("tokens", [5, None], ids=["3d-input", "2d-input"])
 def test_layer_output_is_the_formula(settings, tokens):
-    model = add_skills(tiny_t5(), SkillConfig(method="cpoly", task_names=TASKS, alpha=3.0, **settings)).eval()
+    model = add_skills(tiny_t5(), skill_config("cpoly", alpha=3.0, **settings)).eval()
     randomize_adapters(model)
     layer = next(layer for _, layer in skilled_layers(model))
     x = torch.randn(3, tokens, layer.d_in) if tokens else torch.randn(3, layer.d_in)
@@ -187,7 +186,7 @@ def test_layer_output_is_the_formula(settings, tokens):
 
 @pytest.mark.parametrize("top_k", [None, 2])
 def test_moe_lora_is_the_gated_sum_of_its_experts(top_k):
-    model = add_skills(tiny_t5(), SkillConfig(method="moe_lora", task_names=TASKS, top_k=top_k, alpha=3.0))
+    model = add_skills(tiny_t5(), skill_config("moe_lora", top_k=top_k, alpha=3.0))
     randomize_adapters(model)
     layer = next(layer for _, layer in skilled_layers(model))
     x = torch.randn(3, 5, layer.d_in)

@@ -3,10 +3,11 @@ folder's outputs, resume equivalence, W&B offline mode."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
-from helpers.compose import compose_train
+from helpers.compose import compose_train, with_values
 
 from cpoly.config import ConfigError
 from cpoly.logging import read_metrics
@@ -136,16 +137,16 @@ def test_resumed_run_ends_like_an_uninterrupted_one(method, tmp_path, cache_dir,
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-def test_resume_refuses_what_would_lose_or_mix_work(tmp_path, cache_dir):
-    run([], tmp_path, cache_dir)
+def test_resume_refuses_what_would_lose_or_mix_work(cfg_train, tmp_path):
+    train(copy.deepcopy(cfg_train))
     with pytest.raises(ConfigError, match="resume=never but .* holds a checkpoint"):
-        run(["resume=never"], tmp_path, cache_dir)
+        train(with_values(cfg_train, resume="never"))
     with pytest.raises(ConfigError, match=r"another config.*optim.lr"):
-        run(["optim.lr=0.5"], tmp_path, cache_dir)
-    again = run([], tmp_path, cache_dir)  # finished: reports the results without training again
+        train(with_values(cfg_train, **{"optim.lr": 0.5}))
+    again = train(copy.deepcopy(cfg_train))  # finished: reports the results without training again
     assert again["steps"] == 4
     with pytest.raises(ConfigError, match="resume=must: no checkpoint"):
-        run(["resume=must"], tmp_path / "fresh", cache_dir)
+        train(with_values(cfg_train, resume="must", **{"paths.output_dir": str(tmp_path / "fresh")}))
 
 
 def test_wandb_offline_writes_a_run_folder(tmp_path, cache_dir, monkeypatch):
@@ -156,7 +157,7 @@ def test_wandb_offline_writes_a_run_folder(tmp_path, cache_dir, monkeypatch):
     assert len(runs) == 1 and results["wandb_run_id"] and results["wandb_run_id"] in runs[0].name
 
 
-def test_unknown_eval_tasks_need_uniform_routing(tmp_path, cache_dir, monkeypatch):
+def test_unknown_eval_tasks_need_uniform_routing(cfg_train, tmp_path, monkeypatch):
     from cpoly import run as run_module
     from cpoly.data.example import BenchmarkData
 
@@ -172,8 +173,10 @@ def test_unknown_eval_tasks_need_uniform_routing(tmp_path, cache_dir, monkeypatc
 
     monkeypatch.setattr(run_module, "load_benchmark", with_an_unseen_task)
     with pytest.raises(ConfigError, match="method.unknown_task=uniform"):
-        run([], tmp_path / "a", cache_dir)
-    results = run(["method.unknown_task=uniform"], tmp_path / "b", cache_dir)
+        train(copy.deepcopy(cfg_train))
+    results = train(
+        with_values(cfg_train, **{"method.unknown_task": "uniform", "paths.output_dir": str(tmp_path / "b")})
+    )
     assert "unseen" in results["test"]["final"]["per_task"] and "unseen" not in results["tasks"]
 
 

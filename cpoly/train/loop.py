@@ -301,7 +301,22 @@ class TrainLoop:
         """One optimizer step (which began at `step_start`, waiting for its batches), its logging and, on
         schedule, evaluation and checkpoints. `window` sums, since the last log step, the loss, its target
         count and the target-weighted load-balancing loss; it is returned, reset at log steps."""
-        t, acc = self.trainer, self.accelerator
+        self._accumulate_gradients(micro_batches, window)
+        self._optimizer_step()
+        self.state.step_seconds += time.perf_counter() - step_start
+        self.state.step += 1
+        step = self.state.step
+        self.state.train_seconds = time.perf_counter() - started
+        if step % self.trainer.log_every == 0 or step == self.trainer.max_steps:
+            self._log_window(window, step, bar)
+            window = self._window()
+        bar.update(1)
+        self._evaluate_or_save(step, window)
+        return window
+
+    def _accumulate_gradients(self, micro_batches: list[dict[str, torch.Tensor]], window: torch.Tensor) -> None:
+        """Forward and backward of each micro-batch, gradients synchronised at the last; adds to `window`."""
+        acc = self.accelerator
         self.model.train()
         counts = [self._n_targets(b) for b in micro_batches]
         # the step's loss: every target token of every micro-batch and process, over their total (DDP
@@ -330,34 +345,35 @@ class TrainLoop:
             window[1] += counts[i]
             if aux is not None:
                 window[2] += aux.detach() * counts[i]
+
+    def _optimizer_step(self) -> None:
         fill_missing_grads(self.optimizer)
-        if t.max_grad_norm:
-            acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        if self.trainer.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.trainer.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.state.step_seconds += time.perf_counter() - step_start
-        self.state.step += 1
-        step = self.state.step
-        self.state.train_seconds = time.perf_counter() - started
-        if step % t.log_every == 0 or step == t.max_steps:
-            self._count_tokens()
-            # the mean over every target token (example, for encoders) of all processes
-            loss, n, aux = acc.reduce(window.clone(), reduction="sum").tolist()
-            mean_loss = loss / n
-            metrics = {"train/loss": mean_loss, "train/step": step, **learning_rates(self.optimizer)}
-            if self.aux_loss_coef:
-                metrics["train/aux_loss"] = aux / n
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(f"training loss is {mean_loss} at step {step}; {self._last_good()}")
-            self.on_log(metrics, step)
-            bar.set_postfix(
-                {"loss": f"{mean_loss:.4f}"}
-                | {k.removeprefix("train/"): f"{v:.1e}" for k, v in learning_rates(self.optimizer).items()}
-            )
-            window = self._window()
-        bar.update(1)
-        if step % t.eval_every == 0 or step == t.max_steps:
+
+    def _log_window(self, window: torch.Tensor, step: int, bar) -> None:
+        """The mean loss since the last log step over every target token (example, for encoders) of all
+        processes, the learning rates and the load-balancing loss; a non-finite loss stops the run."""
+        self._count_tokens()
+        loss, n, aux = self.accelerator.reduce(window.clone(), reduction="sum").tolist()
+        mean_loss = loss / n
+        metrics = {"train/loss": mean_loss, "train/step": step, **learning_rates(self.optimizer)}
+        if self.aux_loss_coef:
+            metrics["train/aux_loss"] = aux / n
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(f"training loss is {mean_loss} at step {step}; {self._last_good()}")
+        self.on_log(metrics, step)
+        bar.set_postfix(
+            {"loss": f"{mean_loss:.4f}"}
+            | {k.removeprefix("train/"): f"{v:.1e}" for k, v in learning_rates(self.optimizer).items()}
+        )
+
+    def _evaluate_or_save(self, step: int, window: torch.Tensor) -> None:
+        """On schedule: evaluate dev and checkpoint (eval_every, the last step), or only save last/."""
+        if step % self.trainer.eval_every == 0 or step == self.trainer.max_steps:
             self._hold_window(window)
             self._evaluate_and_checkpoint(step)
         elif self._save_due(step):
@@ -366,7 +382,6 @@ class TrainLoop:
             self._checkpoint(self.output_dir / "last", with_state=True)
             self._saved_at = time.monotonic()
             self.accelerator.wait_for_everyone()
-        return window
 
     def _save_due(self, step: int) -> bool:
         """`trainer.save_every` steps, or `trainer.save_every_minutes` since the last checkpoint (with several

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cpoly.config import EXPERIMENTS_DIR, register_configs
 
@@ -47,3 +48,12 @@ def compose_train(
 def group_options(group: str) -> list[str]:
     folder = EXPERIMENTS_DIR if group == "experiment" else CONF_DIR / group
     return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def with_values(cfg: DictConfig, **values) -> DictConfig:
+    """A copy of a composed config with values changed (`**{"optim.lr": 0.5}`), as a command-line override
+    of a value would (the groups it selects stay)."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
