@@ -7,7 +7,7 @@ from cpoly.backbones.config import BackboneConfig, BackboneConfigError
 from cpoly.backbones.heads import TaskHeadClassifier
 from cpoly.backbones.hub import BackboneUnavailableError
 from cpoly.backbones.loading import Backbone, load_backbone, resolve_dtype
-from cpoly.backbones.targets import target_linear_names, unmatched_targets
+from cpoly.skills.targets import target_linear_names, unmatched_targets
 
 __all__ = [
     "Backbone",
