@@ -9,6 +9,7 @@ import socket
 import threading
 from pathlib import Path
 
+import filelock
 import pytest
 import torch
 from helpers.tiny_models import TINY_DECODER, tiny_gpt2
@@ -34,6 +35,7 @@ from cpoly.backbones import (
     target_linear_names,
     unmatched_targets,
 )
+from cpoly.backbones.cache import cached_checkpoint, read_provenance
 from cpoly.backbones.heads import MASKED_LOGIT
 from cpoly.backbones.loading import _check_targets
 from cpoly.skills.model import find_target_modules
@@ -397,6 +399,22 @@ def test_backbone_target_check_counts_conv1d_layers_as_the_skill_layer_does():
     with pytest.raises(BackboneConfigError, match=r"\['nope'\] select no nn.Linear or Conv1D layer in GPT2LMHeadModel"):
         _check_targets(model, cfg)
     _check_targets(model, BackboneConfig(name="gpt2", kind="causal", source="random", target_modules=["c_attn"]))
+
+
+def test_a_cached_checkpoint_is_built_once_under_its_lock(tmp_path):
+    calls = []
+
+    def build(folder: Path) -> dict:
+        calls.append(folder)
+        with pytest.raises(filelock.Timeout):  # another process would wait here, then read our result
+            filelock.FileLock(tmp_path / "backbones" / ".entry.lock", timeout=0).acquire()
+        (folder / "weights").write_text("w")
+        return {"took": 1}
+
+    first = cached_checkpoint(tmp_path, "entry", build, {"recipe": "r"})
+    second = cached_checkpoint(tmp_path, "entry", build, {"recipe": "r"})
+    assert first == second == tmp_path / "backbones" / "entry" and len(calls) == 1
+    assert read_provenance(first) == {"recipe": "r", "took": 1} and (first / "weights").read_text() == "w"
 
 
 # -- the shipped config files -------------------------------------------------------------------------

@@ -128,7 +128,21 @@ def test_cache_hit_does_not_tokenise(tokenizer, tmp_path, monkeypatch):
     assert second.from_cache and not calls
     assert second.dataset.to_dict() == first.dataset.to_dict()
     assert second.stats == first.stats
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]  # no leftover temporary folder
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no leftover temporary folder
+
+
+def test_a_concurrent_writer_that_published_the_entry_first_wins(tokenizer, tmp_path):
+    """A second process that missed the cache hit (it looked before the first one published) writes the
+    same entry: the published one stays, whole, and the second one's temporary folder is removed."""
+    first = tok(EXAMPLES, tokenizer, cache_dir=tmp_path)
+    entry = first.cache_path
+    (entry / "first").write_text("")
+    tokenize_module._write_atomically(first.dataset, first.stats, entry)
+    assert (entry / "first").is_file() and (entry / "stats.json").is_file()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+    (entry / "stats.json").unlink()  # a folder that is not a complete entry (not written by cpoly)
+    with pytest.raises(ValueError, match=r"without stats.json \(not written by cpoly\): remove it"):
+        tokenize_module._write_atomically(first.dataset, first.stats, entry)
 
 
 @pytest.mark.parametrize(
