@@ -80,15 +80,22 @@ def _filled_sibling(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it is flushed to the disk and replaces `path`
     (the old folder is removed only after the new one is in place); on failure `path` is left as it was.
     Between the two renames `path` is briefly absent (the old folder is then `.<name>.old-<pid>`): for
-    folders a crash must never leave without a complete version, use `versioned_directory`."""
+    folders a crash must never leave without a complete version, use `versioned_directory`.
+
+    `replace=False` is for cache entries named by a hash of their content, which never change: the first
+    writer wins. If `path` exists when the folder is filled (another process published it, whole, by the
+    same rename), the filled folder is deleted and `path` kept as it is, never briefly absent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _filled_sibling(path) as tmp:
         yield tmp
+    if not replace:
+        _publish_once(tmp, path)
+        return
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -98,6 +105,19 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_once(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path` unless `path` already exists (then delete `tmp`)."""
+    try:
+        if not path.exists():
+            os.rename(tmp, path)  # fails, rather than replaces, if another writer's non-empty folder is there
+            fsync_dir(path.parent)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

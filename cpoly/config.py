@@ -136,7 +136,8 @@ class TrainerConfig:
         """`evaluates_a_library`: init_from is set, so max_steps=0 (score the library as it is) is allowed."""
         if self.max_steps < 0 or (self.max_steps == 0 and not evaluates_a_library):
             raise ConfigError(
-                f"trainer.max_steps={self.max_steps}: must be >= 1 (0 evaluates a library as it is: only with init_from)"
+                f"trainer.max_steps={self.max_steps}: must be >= 1 "
+                "(0 evaluates a library as it is: only with init_from)"
             )
         for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every", "prefetch_factor"):
             if getattr(self, name) < 1:

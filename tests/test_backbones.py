@@ -9,9 +9,10 @@ import socket
 import threading
 from pathlib import Path
 
+import filelock
 import pytest
 import torch
-from helpers.tiny_models import TINY_DECODER
+from helpers.tiny_models import TINY_DECODER, tiny_gpt2
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 from torch import nn
@@ -34,7 +35,11 @@ from cpoly.backbones import (
     target_linear_names,
     unmatched_targets,
 )
+from cpoly.backbones.cache import cached_checkpoint, read_provenance
 from cpoly.backbones.heads import MASKED_LOGIT
+from cpoly.backbones.loading import _check_targets
+from cpoly.skills.model import find_target_modules
+from cpoly.skills.targets import name_matches
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "backbone"
 TASK_LABELS = {"boolq": ["no", "yes"], "cb": ["entailment", "contradiction", "neutral"], "copa": ["1", "2"]}
@@ -372,6 +377,44 @@ def test_regex_target_modules(tmp_path):
     names = target_linear_names(model, r".*SelfAttention\.(q|v)")
     assert len(names) == 2 * 2 * 2  # (q, v) x 2 encoder + 2 decoder self-attention layers
     assert unmatched_targets(model, r".*\.nothing") == [r".*\.nothing"]
+
+
+def test_target_rule_is_peft_s():
+    assert name_matches("encoder.block.0.q", ["q"]) and name_matches("q", ["q"])
+    assert not name_matches("encoder.block.0.qq", ["q"]) and not name_matches("encoder.block.0.q.x", ["q"])
+    assert name_matches("attention.output.dense", ["output.dense"])
+    assert name_matches("a.SelfAttention.q", r".*SelfAttention\.(q|v)")
+    assert not name_matches("a.SelfAttention.q.x", r".*SelfAttention\.(q|v)")  # a full match, not a search
+
+
+def test_backbone_target_check_counts_conv1d_layers_as_the_skill_layer_does():
+    """GPT-2's attention and MLP projections are transformers' Conv1D, which add_skills adapts: the
+    backbone check accepts them and selects the same layers as add_skills."""
+    model = tiny_gpt2()
+    assert unmatched_targets(model, ["c_attn", "c_proj"]) == []
+    names = target_linear_names(model, ["c_attn", "c_proj"])
+    assert names == find_target_modules(model, ["c_attn", "c_proj"])
+    assert len(names) == 2 * 3  # attn.c_attn, attn.c_proj, mlp.c_proj per block
+    cfg = BackboneConfig(name="gpt2", kind="causal", source="random", target_modules=["c_attn", "nope"])
+    with pytest.raises(BackboneConfigError, match=r"\['nope'\] select no nn.Linear or Conv1D layer in GPT2LMHeadModel"):
+        _check_targets(model, cfg)
+    _check_targets(model, BackboneConfig(name="gpt2", kind="causal", source="random", target_modules=["c_attn"]))
+
+
+def test_a_cached_checkpoint_is_built_once_under_its_lock(tmp_path):
+    calls = []
+
+    def build(folder: Path) -> dict:
+        calls.append(folder)
+        with pytest.raises(filelock.Timeout):  # another process would wait here, then read our result
+            filelock.FileLock(tmp_path / "backbones" / ".entry.lock", timeout=0).acquire()
+        (folder / "weights").write_text("w")
+        return {"took": 1}
+
+    first = cached_checkpoint(tmp_path, "entry", build, {"recipe": "r"})
+    second = cached_checkpoint(tmp_path, "entry", build, {"recipe": "r"})
+    assert first == second == tmp_path / "backbones" / "entry" and len(calls) == 1
+    assert read_provenance(first) == {"recipe": "r", "took": 1} and (first / "weights").read_text() == "w"
 
 
 # -- the shipped config files -------------------------------------------------------------------------

@@ -95,6 +95,47 @@ def test_cb_macro_f1_matches_sklearn():
     assert result["f1_macro"] == pytest.approx(100 * expected)
 
 
+def hand_macro_f1(predictions, golds, labels):
+    """The macro-F1 the metrics computed by hand before they called scikit-learn (the reference)."""
+    present = [label for label in labels if label in golds or label in predictions]
+    scores = []
+    for label in present:
+        tp = sum(p == label and g == label for p, g in zip(predictions, golds, strict=True))
+        wrong = sum((p == label) != (g == label) for p, g in zip(predictions, golds, strict=True))  # fp + fn
+        scores.append(2 * tp / (2 * tp + wrong) if tp else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+MACRO_F1_CASES = [
+    # (golds, predictions, choices): labels absent from both sides, predictions that are no label word,
+    # a class never predicted, one never gold, nothing right, a single class
+    (["a", "a", "b"], ["a", "b", "b"], ["a", "b", "c", "d"]),
+    (["a", "b", "a"], ["x", "y", "a"], ["a", "b", "c"]),
+    (["a", "a", "a"], ["b", "b", "c"], ["a", "b", "c"]),
+    (["c", "c"], ["c", "c"], ["a", "b", "c"]),
+    (["a", "b"], ["z", "z"], ["a", "b"]),
+    (["p"], ["q"], ["x"]),
+    (["b", "a", "c", "a", "b", "c", "c"], ["b", "c", "c", "a", "a", "b", "c"], None),
+]
+
+
+@pytest.mark.parametrize(("golds", "preds", "choices"), MACRO_F1_CASES)
+def test_macro_f1_equals_the_former_hand_written_one(golds, preds, choices):
+    refs = [[g] for g in golds]
+    labels = choices or sorted(set(golds) | set(preds))
+    expected = 100 * hand_macro_f1(preds, golds, labels)
+    classification = load_metric("classification").compute(predictions=preds, references=refs, choices=choices)
+    assert classification["f1_macro"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    cb = load_metric("superglue").compute(predictions=preds, references=refs, task="cb", choices=choices)
+    cb_labels = choices or sorted(set(golds))
+    assert cb["f1_macro"] == pytest.approx(100 * hand_macro_f1(preds, golds, cb_labels), rel=1e-12, abs=1e-12)
+    if choices and len(choices) == 2:
+        multirc = load_metric("superglue").compute(
+            predictions=preds, references=refs, task="multirc", choices=choices, groups=list(range(len(preds)))
+        )
+        assert multirc["f1a"] == pytest.approx(100 * hand_macro_f1(preds, golds, [choices[1]]), abs=1e-12)
+
+
 def test_multirc_f1a_and_em_by_hand():
     # question q1: three options, q2: two, q3: one
     groups = ["q1", "q1", "q1", "q2", "q2", "q3"]

@@ -128,7 +128,21 @@ def test_cache_hit_does_not_tokenise(tokenizer, tmp_path, monkeypatch):
     assert second.from_cache and not calls
     assert second.dataset.to_dict() == first.dataset.to_dict()
     assert second.stats == first.stats
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]  # no leftover temporary folder
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no leftover temporary folder
+
+
+def test_a_concurrent_writer_that_published_the_entry_first_wins(tokenizer, tmp_path):
+    """A second process that missed the cache hit (it looked before the first one published) writes the
+    same entry: the published one stays, whole, and the second one's temporary folder is removed."""
+    first = tok(EXAMPLES, tokenizer, cache_dir=tmp_path)
+    entry = first.cache_path
+    (entry / "first").write_text("")
+    tokenize_module._write_atomically(first.dataset, first.stats, entry)
+    assert (entry / "first").is_file() and (entry / "stats.json").is_file()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+    (entry / "stats.json").unlink()  # a folder that is not a complete entry (not written by cpoly)
+    with pytest.raises(ValueError, match=r"without stats.json \(not written by cpoly\): remove it"):
+        tokenize_module._write_atomically(first.dataset, first.stats, entry)
 
 
 @pytest.mark.parametrize(
@@ -172,6 +186,47 @@ def test_pad_sequences_sides_and_multiple():
     assert right.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
     left = pad_sequences([[5, 6, 7], [8]], PAD, "left")
     assert left.tolist() == [[5, 6, 7], [0, 0, 8]]
+
+
+def old_pad_sequences(sequences, pad_value, side="right", pad_to_multiple_of=None):
+    """The hand padding `pad_sequences` did before it called torch's `pad_sequence` (the reference)."""
+    width = max((len(s) for s in sequences), default=0)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    batch = torch.full((len(sequences), width), pad_value, dtype=torch.long)
+    for row, values in enumerate(sequences):
+        if len(values):
+            start = 0 if side == "right" else width - len(values)
+            batch[row, start : start + len(values)] = torch.as_tensor(values, dtype=torch.long)
+    return batch
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("multiple", [None, 1, 4, 8])
+def test_pad_sequences_is_bit_identical_to_the_former_hand_padding(side, multiple):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        lengths = torch.randint(0, 12, (int(torch.randint(1, 6, (1,), generator=generator)),), generator=generator)
+        rows = [torch.randint(0, 300, (int(n),), generator=generator).tolist() for n in lengths]
+        new, old = pad_sequences(rows, PAD, side, multiple), old_pad_sequences(rows, PAD, side, multiple)
+        assert new.dtype == old.dtype == torch.long and torch.equal(new, old)
+    assert torch.equal(pad_sequences([[], []], 7, side, multiple), old_pad_sequences([[], []], 7, side, multiple))
+    assert pad_sequences([], PAD, side).shape == (0, 0)
+
+
+@pytest.mark.parametrize(("kind", "for_generation"), [("seq2seq", False), ("causal", False), ("causal", True)])
+def test_collator_batches_are_those_of_the_former_hand_padding(tokenizer, kind, for_generation):
+    dataset = tok(EXAMPLES, tokenizer, kind=kind, for_generation=for_generation).dataset
+    collator = make_collator(tokenizer, kind, for_generation=for_generation, pad_to_multiple_of=8)
+    batch, side, rows = collator(dataset[[0, 1, 2]]), collator.padding_side, [dataset[i] for i in range(3)]
+    assert torch.equal(batch["input_ids"], old_pad_sequences([r["input_ids"] for r in rows], PAD, side, 8))
+    ones = [[1] * len(r["input_ids"]) for r in rows]
+    assert torch.equal(batch["attention_mask"], old_pad_sequences(ones, 0, side, 8))
+    if "labels" in rows[0]:
+        assert torch.equal(batch["labels"], old_pad_sequences([r["labels"] for r in rows], IGNORE_INDEX, side, 8))
+    assert all(torch.equal(batch[k], v) for k, v in collator(rows).items())
+    with pytest.raises(ValueError, match="empty list of rows"):
+        collator([])
 
 
 def test_collator_seq2seq_training_batch(tokenizer):

@@ -15,14 +15,14 @@ if TYPE_CHECKING:
     from cpoly.backbones.heads import TaskHeadClassifier
     from cpoly.backbones.hub import BackboneUnavailableError
     from cpoly.backbones.loading import Backbone, load_backbone, resolve_dtype
-    from cpoly.backbones.targets import target_linear_names, unmatched_targets
+    from cpoly.skills.targets import target_linear_names, unmatched_targets
 
 _EXPORTS = {
     **dict.fromkeys(["BackboneConfig", "BackboneConfigError"], "cpoly.backbones.config"),
     "TaskHeadClassifier": "cpoly.backbones.heads",
     "BackboneUnavailableError": "cpoly.backbones.hub",
     **dict.fromkeys(["Backbone", "load_backbone", "resolve_dtype"], "cpoly.backbones.loading"),
-    **dict.fromkeys(["target_linear_names", "unmatched_targets"], "cpoly.backbones.targets"),
+    **dict.fromkeys(["target_linear_names", "unmatched_targets"], "cpoly.skills.targets"),
 }
 __all__ = [
     "Backbone",

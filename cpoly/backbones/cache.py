@@ -2,18 +2,19 @@
 
 A builder fills a temporary folder next to the entry, which is renamed into place, so a reader sees
 either nothing or a complete checkpoint (the provenance file, written last, marks an entry complete).
-A file lock stops concurrent processes (DDP ranks, multirun jobs) from building the same entry twice:
-the second waits and then reads the first one's result.
+A file lock (`filelock`, an OS lock released when its process ends) stops concurrent processes (DDP
+ranks, multirun jobs) from building the same entry twice: the second waits and then reads the first
+one's result.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from cpoly.atomic import atomic_directory
 
@@ -33,7 +34,7 @@ def cached_checkpoint(
     if is_complete(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / f".{entry_name}.lock"):
+    with FileLock(root / f".{entry_name}.lock"):
         if is_complete(target):  # another process finished while we waited
             return target
         with atomic_directory(target) as checkpoint:
@@ -49,13 +50,3 @@ def read_provenance(entry: Path) -> dict[str, Any]:
 
 def is_complete(entry: Path) -> bool:
     return (Path(entry) / PROVENANCE_FILE).is_file()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

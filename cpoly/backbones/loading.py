@@ -16,8 +16,8 @@ from cpoly.backbones.heads import TaskHeadClassifier
 from cpoly.backbones.packages import package_checkpoint
 from cpoly.backbones.random_init import random_model, random_model_config
 from cpoly.backbones.strings import strings_checkpoint
-from cpoly.backbones.targets import unmatched_targets
 from cpoly.backbones.tokenizers import load_tokenizer, prepare_tokenizer
+from cpoly.skills.targets import unmatched_targets
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -193,5 +193,5 @@ def _check_targets(model: nn.Module, cfg: BackboneConfig) -> None:
     if missing:
         raise BackboneConfigError(
             f"backbone.target_modules={cfg.target_modules!r} (backbone {cfg.name!r}): {missing} select no "
-            f"nn.Linear in {type(model).__name__}"
+            f"nn.Linear or Conv1D layer in {type(model).__name__}"
         )

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from cpoly.data.tokenize import IGNORE_INDEX, KINDS
 
@@ -23,21 +25,17 @@ def pad_sequences(
     side: str = "right",
     pad_to_multiple_of: int | None = None,
 ) -> torch.Tensor:
-    """A (batch x longest) LongTensor of ragged id lists, padded on `side`."""
+    """A (batch x longest) LongTensor of ragged id lists, padded on `side` (torch's `pad_sequence`), then
+    widened on the same side to a multiple of `pad_to_multiple_of`."""
     if side not in ("right", "left"):
         raise ValueError(f"padding side must be 'right' or 'left', got {side!r}")
-    width = max((len(s) for s in sequences), default=0)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    batch = torch.full((len(sequences), width), pad_value, dtype=torch.long)
-    for row, values in enumerate(sequences):
-        if len(values) == 0:
-            continue
-        tensor = torch.as_tensor(values, dtype=torch.long)
-        if side == "right":
-            batch[row, : len(values)] = tensor
-        else:
-            batch[row, width - len(values) :] = tensor
+    if not sequences:
+        return torch.full((0, 0), pad_value, dtype=torch.long)
+    tensors = [torch.as_tensor(values, dtype=torch.long) for values in sequences]
+    batch = pad_sequence(tensors, batch_first=True, padding_value=pad_value, padding_side=side)
+    extra = -batch.shape[1] % pad_to_multiple_of if pad_to_multiple_of else 0
+    if extra:
+        batch = nn.functional.pad(batch, (extra, 0) if side == "left" else (0, extra), value=pad_value)
     return batch
 
 
@@ -62,26 +60,32 @@ class Collator:
 
     def __call__(self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]) -> dict[str, torch.Tensor]:
         """Collate a list of rows, or the column dict `dataset[indices]` returns (one fast slice)."""
-        if isinstance(rows, Mapping):
-            rows = [dict(zip(rows.keys(), values, strict=True)) for values in zip(*rows.values(), strict=True)]
-        if not rows:
-            raise ValueError("cannot collate an empty list of rows")
-        side = self.padding_side
-        input_ids = [row["input_ids"] for row in rows]
+        columns = _columns(rows)
+        side, multiple = self.padding_side, self.pad_to_multiple_of
+        input_ids = columns["input_ids"]
         batch = {
-            "input_ids": pad_sequences(input_ids, self.pad_token_id, side, self.pad_to_multiple_of),
-            "attention_mask": pad_sequences([[1] * len(ids) for ids in input_ids], 0, side, self.pad_to_multiple_of),
+            "input_ids": pad_sequences(input_ids, self.pad_token_id, side, multiple),
+            "attention_mask": pad_sequences([[1] * len(ids) for ids in input_ids], 0, side, multiple),
         }
-        if "labels" in rows[0]:
-            labels = [row["labels"] for row in rows]
+        if "labels" in columns:
             if self.kind == "encoder":
-                batch["labels"] = torch.as_tensor(labels, dtype=torch.long)
+                batch["labels"] = torch.as_tensor(columns["labels"], dtype=torch.long)
             else:
                 # seq2seq labels are their own sequence; causal labels align with input_ids.
-                batch["labels"] = pad_sequences(labels, IGNORE_INDEX, side, self.pad_to_multiple_of)
-        batch["task_ids"] = torch.as_tensor([int(row["task_id"]) for row in rows], dtype=torch.long)
-        batch["index"] = torch.as_tensor([int(row["index"]) for row in rows], dtype=torch.long)
+                batch["labels"] = pad_sequences(columns["labels"], IGNORE_INDEX, side, multiple)
+        batch["task_ids"] = torch.as_tensor([int(t) for t in columns["task_id"]], dtype=torch.long)
+        batch["index"] = torch.as_tensor([int(i) for i in columns["index"]], dtype=torch.long)
         return batch
+
+
+def _columns(rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]) -> Mapping[str, Sequence[Any]]:
+    """The rows as columns (a column dict is already that); no rows is an error."""
+    columns = (
+        rows if isinstance(rows, Mapping) else {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+    )
+    if not columns or not len(columns["input_ids"]):
+        raise ValueError("cannot collate an empty list of rows")
+    return columns
 
 
 def pad_token_id_of(tokenizer: Any) -> int:

@@ -151,45 +151,51 @@ class SyntheticConfig:
         self.validate()
 
     def validate(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise DataError(f"benchmark (synthetic): {message}")
+        """Every field's check, in this order: the first that fails raises its `DataError`."""
+        self._check_sizes()
+        self._check_alphabet_and_skills()
+        self._check_template_and_tasks()
 
-        need(self.n_tasks >= 1, f"n_tasks must be >= 1, got {self.n_tasks}")
-        need(self.n_train_per_task >= 1, f"n_train_per_task must be >= 1, got {self.n_train_per_task}")
-        need(self.n_eval_per_task >= 0, f"n_eval_per_task must be >= 0, got {self.n_eval_per_task}")
-        need(self.n_dev_per_task >= 1, f"n_dev_per_task must be >= 1 (dev picks best/), got {self.n_dev_per_task}")
-        need(
+    def _check_sizes(self) -> None:
+        _need(self.n_tasks >= 1, f"n_tasks must be >= 1, got {self.n_tasks}")
+        _need(self.n_train_per_task >= 1, f"n_train_per_task must be >= 1, got {self.n_train_per_task}")
+        _need(self.n_eval_per_task >= 0, f"n_eval_per_task must be >= 0, got {self.n_eval_per_task}")
+        _need(self.n_dev_per_task >= 1, f"n_dev_per_task must be >= 1 (dev picks best/), got {self.n_dev_per_task}")
+        _need(
             1 <= self.min_length <= self.max_length,
             f"need 1 <= min_length <= max_length, got min_length={self.min_length}, max_length={self.max_length}",
         )
-        need(
+
+    def _check_alphabet_and_skills(self) -> None:
+        _need(
             len(self.alphabet) >= 2 and len(set(self.alphabet)) == len(self.alphabet),
             f"alphabet must have >= 2 distinct characters, got {self.alphabet!r}",
         )
-        need(
+        _need(
             self.alphabet == self.alphabet.lower() and self.alphabet.isalpha(),
             f"alphabet must be lower-case letters (upper-case is a skill), got {self.alphabet!r}",
         )
         unknown = [s for s in self.atomic_skills if s not in ATOMIC_SKILLS]
-        need(not unknown, f"atomic_skills has unknown names {unknown}; known: {list(ATOMIC_SKILLS)}")
-        need(
+        _need(not unknown, f"atomic_skills has unknown names {unknown}; known: {list(ATOMIC_SKILLS)}")
+        _need(
             len(set(self.atomic_skills)) == len(self.atomic_skills),
             f"atomic_skills has duplicates: {self.atomic_skills}",
         )
-        need(len(self.atomic_skills) >= 1, "atomic_skills is empty")
-        need(
+        _need(len(self.atomic_skills) >= 1, "atomic_skills is empty")
+        _need(
             1 <= self.min_skills_per_task <= self.max_skills_per_task <= len(self.atomic_skills),
             f"need 1 <= min_skills_per_task <= max_skills_per_task <= len(atomic_skills), got "
             f"min_skills_per_task={self.min_skills_per_task}, "
             f"max_skills_per_task={self.max_skills_per_task}, "
             f"len(atomic_skills)={len(self.atomic_skills)}",
         )
-        need(
+        _need(
             "drop_vowels" not in self.atomic_skills or any(c in VOWELS for c in self.alphabet),
             f"atomic skill drop_vowels needs a vowel in alphabet {self.alphabet!r}",
         )
-        need(
+
+    def _check_template_and_tasks(self) -> None:
+        _need(
             "{input}" in self.source_template,
             f"source_template needs '{{input}}', got {self.source_template!r}",
         )
@@ -200,22 +206,28 @@ class SyntheticConfig:
                 f"benchmark (synthetic): source_template {self.source_template!r} may only use "
                 f"{{input}} and {{task}} ({err})"
             ) from None
-        need(
+        _need(
             0 <= self.private_substitutions <= len(self.alphabet),
             f"private_substitutions must lie in [0, len(alphabet)={len(self.alphabet)}], "
             f"got {self.private_substitutions}",
         )
-        need(self.min_tasks_per_skill >= 0, f"min_tasks_per_skill must be >= 0, got {self.min_tasks_per_skill}")
-        need(self.n_heldout_tasks >= 0, f"n_heldout_tasks must be >= 0, got {self.n_heldout_tasks}")
+        _need(self.min_tasks_per_skill >= 0, f"min_tasks_per_skill must be >= 0, got {self.min_tasks_per_skill}")
+        _need(self.n_heldout_tasks >= 0, f"n_heldout_tasks must be >= 0, got {self.n_heldout_tasks}")
         pool = list(self.task_pool)
-        need(
+        _need(
             bool(pool) and set(pool) <= set(TASK_POOLS) and len(set(pool)) == len(pool),
             f"task_pool must be a non-empty list without repeats of {', '.join(TASK_POOLS)}, got {pool}",
         )
-        need(
+        _need(
             "heldout" not in pool or self.n_heldout_tasks >= 1,
             f"task_pool={pool} needs held-out tasks: set n_heldout_tasks >= 1",
         )
+
+
+def _need(ok: bool, message: str) -> None:
+    """A synthetic benchmark setting's check: `message` names the field and the value."""
+    if not ok:
+        raise DataError(f"benchmark (synthetic): {message}")
 
 
 TASK_POOLS = ("seen", "heldout")

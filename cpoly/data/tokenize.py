@@ -23,8 +23,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 from datasets.table import InMemoryTable
 
+from cpoly.atomic import atomic_directory
 from cpoly.data.example import Example
 
 log = logging.getLogger(__name__)
@@ -353,20 +352,16 @@ def tokenize_examples(
 
 
 def _write_atomically(dataset: datasets.Dataset, stats: TruncationStats, entry: Path) -> None:
-    """Write into a temporary folder beside `entry`, then rename: readers never see half an entry."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    temporary = entry.parent / f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}"
+    """Write into a temporary folder beside `entry`, then rename (`atomic_directory`): readers never see
+    half an entry; a concurrent writer that published the same entry first wins."""
     bars_were_on = not datasets.utils.are_progress_bars_disabled()
     datasets.utils.disable_progress_bars()  # a cache write is not worth a progress bar in the logs
     try:
-        dataset.save_to_disk(str(temporary / "dataset"))
-        (temporary / "stats.json").write_text(json.dumps(asdict(stats), indent=1))
-        try:
-            os.rename(temporary, entry)
-        except OSError:
-            if not (entry / "stats.json").is_file():  # not a concurrent writer that won the race
-                raise
+        with atomic_directory(entry, replace=False) as temporary:
+            dataset.save_to_disk(str(temporary / "dataset"))
+            (temporary / "stats.json").write_text(json.dumps(asdict(stats), indent=1))
     finally:
         if bars_were_on:
             datasets.utils.enable_progress_bars()
-        shutil.rmtree(temporary, ignore_errors=True)
+    if not (entry / "stats.json").is_file():
+        raise ValueError(f"{entry}: a tokenisation cache folder without stats.json (not written by cpoly): remove it")

@@ -23,6 +23,7 @@ from cpoly.skills.config import SkillConfig
 from cpoly.skills.layer import linear_shape
 from cpoly.skills.methods import peft_poly_method
 from cpoly.skills.model import add_skills, find_target_modules, skill_state, skilled_layers, task_batch
+from cpoly.skills.targets import matching_modules
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -44,10 +45,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def _modules_to_save_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     config = skill_state(model).config
     params: dict[str, nn.Parameter] = {}
-    for module_name, module in model.named_modules():
-        if any(module_name == n or module_name.endswith("." + n) for n in config.modules_to_save):
-            for name, p in module.named_parameters():
-                params[f"{module_name}.{name}"] = p
+    for module_name, module in matching_modules(model, config.modules_to_save):
+        for name, p in module.named_parameters():
+            params[f"{module_name}.{name}"] = p
     return params
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import operator
-import re
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ import torch
 from torch import nn
 
 from cpoly.skills.config import SkillConfig
-from cpoly.skills.layer import ADAPTABLE_TYPES, SkilledLinear
+from cpoly.skills.layer import SkilledLinear
 from cpoly.skills.router import RoutingState, TaskBatch
+from cpoly.skills.targets import adaptable_layer_names, matching_modules, name_matches
 
 STATE_ATTR = "cpoly_skills"
 
@@ -50,16 +50,10 @@ def skilled_layers(model: nn.Module) -> Iterator[tuple[str, SkilledLinear]]:
             yield name, module
 
 
-def _matches(name: str, targets: list[str] | str) -> bool:
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
-
-
 def find_target_modules(model: nn.Module, targets: list[str] | str) -> list[str]:
     """Names of the linear layers matched by `targets`; none matched is an error listing them all."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE_TYPES)]
-    matched = [n for n in linears if _matches(n, targets)]
+    linears = adaptable_layer_names(model)
+    matched = [n for n in linears if name_matches(n, targets)]
     if not matched:
         suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
         raise ValueError(
@@ -77,7 +71,7 @@ def add_skills(model: nn.Module, config: SkillConfig) -> nn.Module:
         raise ValueError(f"{type(model).__name__} already has skills")
     targets = find_target_modules(model, config.target_modules)
     for name in config.modules_to_save:
-        if not any(n == name or n.endswith("." + name) for n, _ in model.named_modules()):
+        if not matching_modules(model, [name]):
             raise ValueError(f"SkillConfig.modules_to_save: no module named {name!r} in {type(model).__name__}")
     model.requires_grad_(False)
     routing = RoutingState()
@@ -88,9 +82,8 @@ def add_skills(model: nn.Module, config: SkillConfig) -> nn.Module:
     for _, layer in skilled_layers(model):
         for pname, p in layer.named_parameters():
             p.requires_grad_(not pname.startswith("base_layer."))
-    for name, module in model.named_modules():
-        if any(name == n or name.endswith("." + n) for n in config.modules_to_save):
-            module.requires_grad_(True)
+    for _, module in matching_modules(model, config.modules_to_save):
+        module.requires_grad_(True)
     object.__setattr__(model, STATE_ATTR, SkillState(config, routing))
     if callable(getattr(type(model), "generate", None)):
         # a bound method (deepcopy rebinds it to the copy), so the layers know when generate() runs

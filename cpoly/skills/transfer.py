@@ -32,6 +32,7 @@ from torch import nn
 
 from cpoly.skills.config import SkillConfig
 from cpoly.skills.io import CONFIG_NAME, _modules_to_save_parameters, is_peft_poly, read_adapter
+from cpoly.skills.layer import SkilledLinear
 from cpoly.skills.model import skill_state, skilled_layers
 
 PARTS = ("routing", "task_skills", "shared_skills", "heads")
@@ -175,6 +176,16 @@ def _part(name: str) -> str:
     raise ValueError(f"adapter tensor {name!r} belongs to no transfer part")
 
 
+@dataclass
+class _TaskRows:
+    """Where the library's tasks go in the run's model: the task's row in the model and in the library
+    of every known task, the model's rows of the new tasks, and the task skills per task (B)."""
+
+    known: list[tuple[int, int]]
+    new: list[int]
+    n_task_skills: int
+
+
 @torch.no_grad()
 def load_library(
     model: nn.Module,
@@ -188,11 +199,12 @@ def load_library(
     if new_task_routing not in NEW_TASK_ROUTING:
         raise ValueError(f"new_task_routing={new_task_routing!r}: must be one of {', '.join(NEW_TASK_ROUTING)}")
     config = skill_state(model).config
-    saved = library.config
-    old = {t: i for i, t in enumerate(saved.task_names)}
-    pairs = [(i, old[t]) for i, t in enumerate(config.task_names) if t in old]  # (new row, saved row)
-    new_rows = [i for i, t in enumerate(config.task_names) if t not in old]
-    B = config.n_task_skills
+    old = {t: i for i, t in enumerate(library.config.task_names)}
+    rows = _TaskRows(
+        known=[(i, old[t]) for i, t in enumerate(config.task_names) if t in old],  # (new row, saved row)
+        new=[i for i, t in enumerate(config.task_names) if t not in old],
+        n_task_skills=config.n_task_skills,
+    )
     layers = dict(skilled_layers(model))
     if sorted(layers) != sorted(library.layers):
         missing = sorted(set(library.layers) - set(layers))[:5]
@@ -201,50 +213,73 @@ def load_library(
             f"init_from={library.path}: the library's layers do not match the model's (saved, not in the model: "
             f"{missing}; in the model, not saved: {extra})"
         )
-    used: set[str] = set()
     for layer_name, layer in layers.items():
-        want = library.layers[layer_name]
-        if (layer.d_in, layer.d_out) != (want["d_in"], want["d_out"]):
-            raise TransferError(
-                f"init_from={library.path}: layer {layer_name} is {layer.d_in}->{layer.d_out} in the model but "
-                f"{want['d_in']}->{want['d_out']} in the library (another backbone)"
-            )
-        for name, param in layer.adapter_tensors().items():
-            key = f"{layer_name}.{name}"
-            if key not in tensors:
-                raise TransferError(f"init_from={library.path}: the library has no tensor {key}")
-            value = tensors[key].to(device=param.device, dtype=param.dtype)
-            used.add(key)
-            if name in ("shared_A", "shared_B") or name.startswith("gate."):
-                if average_skills and name.startswith("shared_"):
-                    value = value.mean(1, keepdim=True).expand_as(value)
-                param.copy_(value)
-            elif name == "allocation.logits":
-                for i, j in pairs:
-                    param[i] = value[j]
-                for i in new_rows:
-                    param[i] = value.mean(0) if new_task_routing == "mean" else 0.0
-            elif name in ("task_A", "task_B"):
-                for i, j in pairs:
-                    param[:, i * B : (i + 1) * B] = value[:, j * B : (j + 1) * B]
-            elif name == "task_weights.weight" and layer.task_weights.dense:  # (T, T*B): known x known blocks
-                for i, j in pairs:
-                    for k, m in pairs:
-                        param[i, k * B : (k + 1) * B] = value[j, m * B : (m + 1) * B]
-            elif name in ("task_weights.weight", "bottleneck.weight"):  # one row per task
-                for i, j in pairs:
-                    param[i] = value[j]
-            else:
-                raise TransferError(f"init_from={library.path}: do not know how to transfer {key}")
-    heads = _modules_to_save_parameters(model)
-    for key, param in heads.items():
+        _load_layer(layer_name, layer, library, tensors, rows, new_task_routing, average_skills)
+    _load_heads(model, library, tensors, old)
+    return {
+        "known_tasks": [config.task_names[i] for i, _ in rows.known],
+        "new_tasks": [config.task_names[i] for i in rows.new],
+        "new_task_routing": new_task_routing,
+        "average_skills": average_skills,
+    }
+
+
+def _load_layer(
+    layer_name: str,
+    layer: SkilledLinear,
+    library: Library,
+    tensors: dict[str, torch.Tensor],
+    rows: _TaskRows,
+    new_task_routing: str,
+    average_skills: bool,
+) -> None:
+    """One skilled layer's adapter tensors from the library: shared ones whole, per-task ones by row."""
+    want = library.layers[layer_name]
+    if (layer.d_in, layer.d_out) != (want["d_in"], want["d_out"]):
+        raise TransferError(
+            f"init_from={library.path}: layer {layer_name} is {layer.d_in}->{layer.d_out} in the model but "
+            f"{want['d_in']}->{want['d_out']} in the library (another backbone)"
+        )
+    B = rows.n_task_skills
+    for name, param in layer.adapter_tensors().items():
+        key = f"{layer_name}.{name}"
+        if key not in tensors:
+            raise TransferError(f"init_from={library.path}: the library has no tensor {key}")
+        value = tensors[key].to(device=param.device, dtype=param.dtype)
+        if name in ("shared_A", "shared_B") or name.startswith("gate."):
+            if average_skills and name.startswith("shared_"):
+                value = value.mean(1, keepdim=True).expand_as(value)
+            param.copy_(value)
+        elif name == "allocation.logits":
+            for i, j in rows.known:
+                param[i] = value[j]
+            for i in rows.new:
+                param[i] = value.mean(0) if new_task_routing == "mean" else 0.0
+        elif name in ("task_A", "task_B"):
+            for i, j in rows.known:
+                param[:, i * B : (i + 1) * B] = value[:, j * B : (j + 1) * B]
+        elif name == "task_weights.weight" and layer.task_weights.dense:  # (T, T*B): known x known blocks
+            for i, j in rows.known:
+                for k, m in rows.known:
+                    param[i, k * B : (k + 1) * B] = value[j, m * B : (m + 1) * B]
+        elif name in ("task_weights.weight", "bottleneck.weight"):  # one row per task
+            for i, j in rows.known:
+                param[i] = value[j]
+        else:
+            raise TransferError(f"init_from={library.path}: do not know how to transfer {key}")
+
+
+def _load_heads(model: nn.Module, library: Library, tensors: dict[str, torch.Tensor], old: dict[str, int]) -> None:
+    """The `modules_to_save` (task heads): a module shared by every task whole when the library has it,
+    a known task's head from that task's saved head."""
+    task_names = skill_state(model).config.task_names
+    for key, param in _modules_to_save_parameters(model).items():
         match = HEAD_PATTERN.match(key)
         if match is None:  # a module shared by every task
             if key in tensors:
                 param.copy_(tensors[key].to(param.dtype))
-                used.add(key)
             continue
-        task = config.task_names[int(match["task"])]
+        task = task_names[int(match["task"])]
         if task in old:
             saved_key = f"{match['module']}.{old[task]}.{match['rest']}"
             value = tensors[saved_key]
@@ -254,13 +289,6 @@ def load_library(
                     f"library but {tuple(param.shape)} here (other labels)"
                 )
             param.copy_(value.to(param.dtype))
-            used.add(saved_key)
-    return {
-        "known_tasks": [config.task_names[i] for i, _ in pairs],
-        "new_tasks": [config.task_names[i] for i in new_rows],
-        "new_task_routing": new_task_routing,
-        "average_skills": average_skills,
-    }
 
 
 def part_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:

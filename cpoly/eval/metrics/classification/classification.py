@@ -5,11 +5,12 @@ encoder backbones pass the word of their predicted index. Values are percentages
 - accuracy: share of predictions equal to the gold word (the first reference).
 - f1_macro: per-class F1 averaged over the classes (among `choices` when given) that occur in the
   references or the predictions; a prediction that is no label word is wrong for its gold class and a
-  false positive of none.
+  false positive of none (scikit-learn's `f1_score(average="macro", labels=those classes)`).
 """
 
 import datasets
 import evaluate
+from sklearn.metrics import f1_score
 
 _DESCRIPTION = "Accuracy and macro-F1 over label words."
 
@@ -31,13 +32,11 @@ def _label(text):
 
 
 def macro_f1(predictions, golds, labels):
+    """scikit-learn's macro-F1 over the `labels` that occur in `golds` or `predictions` (0 if none)."""
     present = [label for label in labels if label in golds or label in predictions]
-    scores = []
-    for label in present:
-        tp = sum(p == label and g == label for p, g in zip(predictions, golds, strict=True))
-        wrong = sum((p == label) != (g == label) for p, g in zip(predictions, golds, strict=True))  # fp + fn
-        scores.append(2 * tp / (2 * tp + wrong) if tp else 0.0)
-    return sum(scores) / len(scores) if scores else 0.0
+    if not present:
+        return 0.0
+    return float(f1_score(golds, predictions, labels=present, average="macro", zero_division=0))
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)

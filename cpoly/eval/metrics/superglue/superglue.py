@@ -13,8 +13,10 @@ lower-casing and collapsing whitespace. All values are percentages (0-100).
 | any other task | accuracy (+ f1_macro when `choices` are given) | accuracy |
 
 - f1_macro: per-class F1 averaged over the classes (among `choices`) that occur in the references or the
-  predictions; a prediction that is no label word is wrong for its gold class and a false positive of none.
-- f1a: binary F1 over all answer options, positive class = the second label word (`choices[1]`, "true").
+  predictions; a prediction that is no label word is wrong for its gold class and a false positive of none
+  (scikit-learn's `f1_score(average="macro", labels=those classes)`).
+- f1a: binary F1 over all answer options, positive class = the second label word (`choices[1]`, "true")
+  (the same call over that one class).
 - em: percentage of questions (`groups`) whose every answer option is predicted correctly.
 - record: SQuAD-style normalisation (lower-case, no punctuation, no articles), max over the gold answers.
 """
@@ -25,6 +27,7 @@ from collections import Counter
 
 import datasets
 import evaluate
+from sklearn.metrics import f1_score
 
 _CITATION = """\
 @inproceedings{wang2019superglue,
@@ -73,19 +76,12 @@ def _token_f1(prediction, reference):
     return 2 * precision * recall / (precision + recall)
 
 
-def _f1(tp, fp, fn):
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
 def macro_f1(predictions, golds, labels):
+    """scikit-learn's macro-F1 over the `labels` that occur in `golds` or `predictions` (0 if none)."""
     present = [label for label in labels if label in golds or label in predictions]
-    scores = []
-    for label in present:
-        tp = sum(p == label and g == label for p, g in zip(predictions, golds, strict=True))
-        fp = sum(p == label and g != label for p, g in zip(predictions, golds, strict=True))
-        fn = sum(p != label and g == label for p, g in zip(predictions, golds, strict=True))
-        scores.append(_f1(tp, fp, fn))
-    return sum(scores) / len(scores) if scores else 0.0
+    if not present:
+        return 0.0
+    return float(f1_score(golds, predictions, labels=present, average="macro", zero_division=0))
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -130,11 +126,7 @@ class Superglue(evaluate.Metric):
             raise ValueError("multirc needs choices=[negative word, positive word]")
         if groups is None or len(groups) != len(preds):
             raise ValueError("multirc needs one group (question id) per example for EM")
-        positive = labels[1]
-        tp = sum(p == positive and g == positive for p, g in zip(preds, golds, strict=True))
-        fp = sum(p == positive and g != positive for p, g in zip(preds, golds, strict=True))
-        fn = sum(p != positive and g == positive for p, g in zip(preds, golds, strict=True))
-        f1a = 100.0 * _f1(tp, fp, fn)
+        f1a = 100.0 * macro_f1(preds, golds, [labels[1]])  # the positive class's F1: a macro over one class
         all_correct = {}
         for p, g, group in zip(preds, golds, groups, strict=True):
             all_correct[group] = all_correct.get(group, True) and p == g

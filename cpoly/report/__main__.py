@@ -1,0 +1,5 @@
+import sys
+
+from cpoly.report.cli import main
+
+sys.exit(main())
