@@ -333,8 +333,12 @@ def test_run_config_puts_the_dashboard_keys_beside_the_full_config() -> None:
 
 
 def test_dashboard_config_of_the_composed_config(tmp_path: Path) -> None:
-    """The keys `dashboard_config` reads exist in the real config (a schema rename would show here)."""
+    """The keys `dashboard_config` reads exist in the real config as a run logs it, the method's registry
+    defaults filled in (a schema rename would show here)."""
+    from cpoly.config import fill_method_defaults
+
     cfg = compose_train(["method=poly_matched", "seed=3", "benchmark.n_train_per_task=32"], output_dir=tmp_path)
+    fill_method_defaults(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     flat = dashboard_config(config, {"n_skills": 7})
     assert flat == {**flat, "method": "poly_matched", "method_kind": "poly", "backbone": "tiny_t5"}
