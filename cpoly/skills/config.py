@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpoly.skills.methods import METHODS, Method, token_routed_names
+from cpoly.skills.methods import DEFAULT_METHOD, METHODS, Method, token_routed_names
 from cpoly.skills.settings import CHOICES, LayerSettings
 
 
@@ -31,7 +31,7 @@ class SkillConfig(LayerSettings):
     """Skilled LoRA on every target linear layer: K shared skills routed by a learned task-to-skill
     allocation, B exclusive skills per task, S splits (MHR heads), rank r, output scale alpha / r."""
 
-    method: str = field(default="cpoly", metadata={"help": "a registered method (cpoly/skills/methods.py)"})
+    method: str = field(default=DEFAULT_METHOD, metadata={"help": "a registered method (cpoly/skills/methods.py)"})
     task_names: list[str] = field(default_factory=list)
     # Module-name suffixes (PEFT semantics: a name equals it or ends with "." + it) or one regex
     # string matched against the full module name.

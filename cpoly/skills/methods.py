@@ -79,6 +79,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+DEFAULT_METHOD = "cpoly"  # SkillConfig's method when none is named
 
 
 def register_method(method: Method) -> Method:
