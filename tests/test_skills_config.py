@@ -70,3 +70,21 @@ def test_invalid_values_name_field_and_value(overrides, field, value):
 def test_unknown_field_in_saved_config():
     with pytest.raises(SkillConfigError, match="n_skils"):
         SkillConfig.from_dict({"method": "poly", "task_names": TASKS, "n_skils": 3})
+
+
+def test_the_registry_describes_every_method_and_layer_setting():
+    """`python -m cpoly.skills.methods` lists each registered method with its help text and defaults, and
+    each layer setting with its base value and help (the one place both are stated)."""
+    import subprocess
+    import sys
+
+    from cpoly.skills.settings import LAYER_FIELD_NAMES
+
+    out = subprocess.run(
+        [sys.executable, "-m", "cpoly.skills.methods"], capture_output=True, text=True, check=True
+    ).stdout
+    lines = out.splitlines()
+    for name, method in METHODS.items():
+        assert any(line.split()[:2] == [name, method.routing] and method.help in line for line in lines), name
+    for name in LAYER_FIELD_NAMES:
+        assert any(line.split()[:1] == [name] for line in lines), name

@@ -165,3 +165,23 @@ register_method(Method(
     defaults=dict(n_skills=4, mixing="outputs", top_k=1, aux_loss_coef=0.01),
     required=dict(_POOLED, mixing="outputs"), min_skills=1, expert_pairs=True,
 ))  # fmt: skip
+
+
+def describe() -> str:
+    """The registry and the layer settings as text: `python -m cpoly.skills.methods`."""
+    from cpoly.skills.settings import LAYER_FIELDS
+
+    lines = ["methods (display order; method=<name>):"]
+    for m in METHODS.values():
+        changed = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
+        lines.append(f"  {m.name:<12} {m.routing:<5} {m.help}" + (f" [{changed}]" if changed else ""))
+    lines.append("layer settings (method.<name>=...; null takes the method's default):")
+    for f in LAYER_FIELDS:
+        base = f.metadata.get("base", f.default)
+        choices = f" ({' | '.join(f.metadata['choices'])})" if f.metadata.get("choices") else ""
+        lines.append(f"  {f.name:<14} base {base!r}{choices}: {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(describe())
