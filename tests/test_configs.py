@@ -51,65 +51,32 @@ def test_default_is_cpoly_on_synthetic_with_the_pretrained_strings_t5(tmp_path):
     check_config(cfg)
 
 
-def test_run_names_carry_the_key_numbers():
-    assert skills_tag(dict(method="cpoly", n_skills=3, n_task_skills=1, n_splits=1, rank=2)) == "a3b1r2"
-    assert skills_tag(dict(method="mhr", n_skills=4, n_task_skills=0, n_splits=8, rank=2)) == "k4s8r2"
-    assert skills_tag(dict(method="moe_lora", n_skills=4, n_task_skills=0, n_splits=1, rank=2)) == "e4r2"
-    assert skills_tag(dict(method="mtl_lora")) == "n3r4"
-    assert skills_tag(dict(method="hydralora", n_skills=3, n_task_skills=0, n_splits=1, rank=4)) == "h3r4"
-    assert skills_tag(dict(method="mixlora")) == "e4r2"
+RUN_NAME_TAGS = [
+    (dict(method="cpoly", n_skills=3, n_task_skills=1, n_splits=1, rank=2), "a3b1r2"),
+    (dict(method="mhr", n_skills=4, n_task_skills=0, n_splits=8, rank=2), "k4s8r2"),
+    (dict(method="moe_lora", n_skills=4, n_task_skills=0, n_splits=1, rank=2), "e4r2"),
+    (dict(method="mtl_lora"), "n3r4"),
+    (dict(method="hydralora", n_skills=3, n_task_skills=0, n_splits=1, rank=4), "h3r4"),
+    (dict(method="mixlora"), "e4r2"),
     # layer settings off the method default show: one shared A, softmax allocation, a bottleneck, top-k, aux
-    assert (
-        skills_tag(
-            dict(
-                method="poly",
-                n_skills=4,
-                n_task_skills=0,
-                n_splits=1,
-                rank=2,
-                n_skills_a=1,
-                allocation="softmax",
-                bottleneck="diagonal",
-            )
-        )
-        == "k4r2ka1zsoftmaxLdiagonal"
-    )
-    assert (
-        skills_tag(dict(method="mixlora", n_skills=4, n_task_skills=0, n_splits=1, rank=2, top_k=1, aux_loss_coef=0.01))
-        == "e4r2top1aux0.01"
-    )
-    assert (
-        skills_tag(
-            dict(
-                method="mixlora",
-                n_skills=4,
-                n_task_skills=0,
-                n_splits=1,
-                rank=2,
-                n_skills_a=4,
-                top_k=2,
-                aux_loss_coef=0.001,
-            )
-        )
-        == "e4r2"
-    )
-    assert skills_tag(dict(method="shared_lora", n_skills=1, n_task_skills=0, n_splits=1, rank=8)) == "r8"
-    assert skills_tag(dict(method="poly")) == "k4r2"  # method defaults fill nulls
+    (
+        dict(method="poly", n_skills=4, n_skills_a=1, allocation="softmax", bottleneck="diagonal"),
+        "k4r2ka1zsoftmaxLdiagonal",
+    ),
+    (dict(method="mixlora", n_skills=4, rank=2, top_k=1, aux_loss_coef=0.01), "e4r2top1aux0.01"),
+    (dict(method="mixlora", n_skills=4, rank=2, n_skills_a=4, top_k=2, aux_loss_coef=0.001), "e4r2"),
+    (dict(method="shared_lora", n_skills=1, n_task_skills=0, n_splits=1, rank=8), "r8"),
+    (dict(method="poly"), "k4r2"),  # method defaults fill nulls
     # a parameter-matched run shows the knob it sizes as M and names what it matches
-    assert (
-        skills_tag(dict(method="poly", n_task_skills=0, n_splits=1, rank=2, match_params="cpoly", match_by="n_skills"))
-        == "kMr2-match_cpoly"
-    )
-    assert (
-        skills_tag(
-            dict(method="shared_lora", n_skills=1, n_task_skills=0, n_splits=1, match_params="cpoly", match_by="rank")
-        )
-        == "rM-match_cpoly"
-    )
-    assert (
-        skills_tag(dict(method="cpoly", n_task_skills=2, n_splits=1, rank=2, match_params="cpoly_b3"))
-        == "aMb2r2-match_cpoly_b3"
-    )
+    (dict(method="poly", rank=2, match_params="cpoly", match_by="n_skills"), "kMr2-match_cpoly"),
+    (dict(method="shared_lora", n_skills=1, match_params="cpoly", match_by="rank"), "rM-match_cpoly"),
+    (dict(method="cpoly", n_task_skills=2, rank=2, match_params="cpoly_b3"), "aMb2r2-match_cpoly_b3"),
+]
+
+
+@pytest.mark.parametrize("method, tag", RUN_NAME_TAGS)
+def test_run_names_carry_the_key_numbers(method, tag):
+    assert skills_tag(method) == tag
 
 
 def test_experiments_live_at_the_top_level_and_state_only_their_deltas(tmp_path):
