@@ -1,10 +1,14 @@
-"""SkillConfig: method defaults, and every invalid value fails at construction naming field and value."""
+"""SkillConfig and the method registry: each method's defaults, every invalid value fails at construction
+naming field and value, the method options, and the registry's own description."""
 
 from __future__ import annotations
 
 import pytest
+from helpers.compose import compose_train
 
-from cpoly import SkillConfig
+from cpoly import (
+    SkillConfig,
+)
 from cpoly.skills import METHODS, SkillConfigError
 
 TASKS = ["a", "b"]
@@ -88,3 +92,54 @@ def test_the_registry_describes_every_method_and_layer_setting():
         assert any(line.split()[:2] == [name, method.routing] and method.help in line for line in lines), name
     for name in LAYER_FIELD_NAMES:
         assert any(line.split()[:1] == [name] for line in lines), name
+
+
+@pytest.mark.parametrize(
+    "overrides, value",
+    [
+        (dict(method="cpoly", n_task_skills=0), "'block'"),
+        (dict(method="poly"), "'block'"),
+        (dict(method="mhr", n_splits=2), "'block'"),
+        (dict(method="task_lora"), "'block'"),
+        (dict(method="cpoly", task_weights="blocks"), "'blocks'"),
+    ],
+    ids=["cpoly-B0", "poly", "mhr", "task_lora", "misspelled"],
+)
+def test_bad_values_are_refused_by_name(overrides, value):
+    kwargs = dict(task_names=TASKS, task_weights="block") | overrides
+    with pytest.raises(SkillConfigError) as err:
+        SkillConfig(**kwargs)
+    assert f"SkillConfig.task_weights={value}" in str(err.value)
+
+
+def test_method_option_cpoly_block(tmp_path):
+    from omegaconf import OmegaConf
+
+    from cpoly.config import ConfigError, MethodConfig, check_config
+
+    cfg = compose_train(["method=cpoly_block"], output_dir=tmp_path)
+    check_config(cfg)
+    method = OmegaConf.to_object(cfg.method)
+    assert isinstance(method, MethodConfig) and (method.name, method.task_weights) == ("cpoly_block", "block")
+    cpoly = OmegaConf.to_object(compose_train(["method=cpoly"], output_dir=tmp_path).method)
+    assert {k: v for k, v in vars(method).items() if k not in ("name", "task_weights")} == {
+        k: v for k, v in vars(cpoly).items() if k not in ("name", "task_weights")
+    }
+    with pytest.raises(ConfigError, match="method.task_weights='block'"):
+        check_config(compose_train(["method=poly", "method.task_weights=block"], output_dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field_and_value",
+    [
+        (dict(method="mtl_lora", n_skills=3, n_skills_a=2), "n_skills_a=2"),
+        (dict(method="hydralora", n_skills=3, n_skills_a=2), "n_skills_a=2"),
+        (dict(method="cpoly", bottleneck="full"), "bottleneck='full'"),
+        (dict(method="cpoly", bottleneck="diagonal"), "bottleneck='diagonal'"),
+        (dict(method="poly", aux_loss_coef=0.01), "aux_loss_coef=0.01"),
+        (dict(method="mtl_lora", top_k=2), "top_k=2"),
+    ],
+)
+def test_invalid_configs_name_the_field_and_value(kwargs, field_and_value):
+    with pytest.raises(SkillConfigError, match=rf"SkillConfig\.{field_and_value}"):
+        SkillConfig(task_names=TASKS, **kwargs)

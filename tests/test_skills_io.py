@@ -1,4 +1,5 @@
-"""save_skills / load_skills round trips, PEFT Poly import, per-task PEFT LoRA export."""
+"""save_skills / load_skills round trips (every method and variant), PEFT Poly import, per-task PEFT LoRA
+export (and its refusal for token-routed methods)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import pytest
 import torch
 from helpers.factories import VARIANTS, randomize_all, skill_config
+from helpers.skill_refs import block_config, mtl_lora_delta
 from helpers.tiny_models import (
     TASKS,
     logits_and_generation,
@@ -17,9 +19,18 @@ from helpers.tiny_models import (
     tiny_llama,
     tiny_t5,
 )
+from safetensors.torch import load_file
 
-from cpoly import SkillConfig, add_skills, allocation_matrix, export_task_lora, load_skills, save_skills, use_tasks
-from cpoly.skills import skilled_layers
+from cpoly import (
+    SkillConfig,
+    add_skills,
+    allocation_matrix,
+    export_task_lora,
+    load_skills,
+    save_skills,
+    use_tasks,
+)
+from cpoly.skills import skilled_layers, task_lora_factors
 
 MIXED = ["task_b", "task_c", "task_a"]
 peft = pytest.importorskip("peft")
@@ -46,7 +57,6 @@ def test_save_load_round_trip_is_exact(variant, tmp_path):
 
 
 def test_saved_file_holds_adapter_tensors_only(tmp_path):
-    from safetensors.torch import load_file
 
     model = add_skills(tiny_t5(), skill_config("cpoly"))
     save_skills(model, tmp_path)
@@ -171,3 +181,87 @@ def test_allocation_matrix_per_layer_and_mean():
     torch.testing.assert_close(allocation_matrix(cpoly).task_weights, torch.eye(3))
     with pytest.raises(ValueError, match="moe_lora has no learned"):
         allocation_matrix(add_skills(tiny_t5(), skill_config("moe_lora")))
+
+
+def test_a_saved_block_adapter_holds_t_by_b_weights_and_a_dense_model_refuses_it(tmp_path):
+    """(The exact round trip of every variant, block included: test_skills_io.py.)"""
+
+    model = add_skills(tiny_t5(), block_config(n_task_skills=2))
+    randomize_adapters(model)
+    save_skills(model, tmp_path / "adapter")
+    meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert meta["skill_config"]["task_weights"] == "block"
+    tensors = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert {tuple(v.shape) for k, v in tensors.items() if k.endswith("task_weights.weight")} == {(3, 2)}
+    dense = add_skills(tiny_t5(), skill_config("cpoly", n_task_skills=2))
+    from cpoly.skills.io import load_skill_tensors
+
+    with pytest.raises(ValueError, match=r"task_weights.weight has shape \(3, 2\), the model expects \(3, 6\)"):
+        load_skill_tensors(dense, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize(
+    "settings", [dict(n_task_skills=2), dict(n_task_skills=2, n_splits=2), dict(n_task_skills=2, mixing="outputs")]
+)
+def test_export_equals_the_layer_for_each_task(settings, tmp_path):
+    peft = pytest.importorskip("peft")
+    base = tiny_t5()
+    model = add_skills(copy.deepcopy(base), block_config(**settings))
+    randomize_adapters(model)
+    batch = t5_batch()
+    for task in TASKS:
+        export_task_lora(model, task, tmp_path / task)
+        rank = json.loads((tmp_path / task / "adapter_config.json").read_text())["r"]
+        assert rank == (2 if settings.get("mixing") != "outputs" else (3 + 2) * 2)  # r; or K + B skills of r
+        lora = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / task).eval()
+        with use_tasks(model, [task] * 3):
+            expected = model(**batch).logits
+        torch.testing.assert_close(lora(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mtl_lora_task_factors_are_the_per_task_update():
+    """task_lora_factors gives each layer's A_t = A Lambda_t and B_t = sum_i softmax(w_t / tau)_i B_i, so
+    scaling * x A_t B_t is the layer's delta for task t (float64, exact up to rounding); rank r."""
+    model = add_skills(tiny_t5().double(), skill_config("mtl_lora"))
+    randomize_all(model)
+    x = torch.randn(2, 3, 32, dtype=torch.float64)
+    for t, task in enumerate(TASKS):
+        factors = task_lora_factors(model, task)
+        assert set(factors) == {name for name, _ in skilled_layers(model)}
+        for name, layer in skilled_layers(model):
+            a_t, b_t = factors[name]
+            assert a_t.shape == (32, 4) and b_t.shape == (4, 32)
+            c = layer.config
+            torch.testing.assert_close(a_t, layer.shared_A[0, 0] @ layer.bottleneck.weight[t], atol=1e-12, rtol=0)
+            p = torch.softmax(layer.allocation.logits[t] / c.temperature, -1)
+            torch.testing.assert_close(b_t, torch.einsum("k,kro->ro", p, layer.shared_B[0]), atol=1e-12, rtol=0)
+            with torch.no_grad(), use_tasks(model, [task, task]):
+                delta = layer(x) - layer.base_layer(x)
+            torch.testing.assert_close(delta, c.scaling * x @ a_t @ b_t, atol=1e-12, rtol=0)
+            torch.testing.assert_close(delta, mtl_lora_delta(layer, x, [t, t]).detach(), atol=1e-12, rtol=0)
+
+
+def test_mtl_lora_exports_a_peft_lora_per_task(tmp_path):
+    peft = pytest.importorskip("peft")
+    base = tiny_t5()
+    model = add_skills(copy.deepcopy(base), skill_config("mtl_lora"))
+    randomize_all(model)
+    batch = t5_batch()
+    for task in ("task_a", "task_c"):
+        export_task_lora(model, task, tmp_path / task)
+        config = json.loads((tmp_path / task / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA" and config["r"] == 4
+        lora = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / task).eval()
+        with use_tasks(model, [task] * 3):
+            expected = model(**batch).logits
+        torch.testing.assert_close(lora(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["hydralora", "mixlora"])
+def test_token_routed_methods_have_no_per_task_lora(method, tmp_path):
+    model = add_skills(tiny_t5(), skill_config(method))
+    with pytest.raises(ValueError, match=rf"{method}\b.*token"):
+        task_lora_factors(model, "task_a")
+    with pytest.raises(ValueError, match=rf"{method}\b.*token"):
+        export_task_lora(model, "task_a", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 from helpers.factories import skill_config
+from helpers.skill_refs import block_config
 from helpers.tiny_models import randomize_adapters, t5_batch, tiny_llama, tiny_t5
 
 from cpoly import add_skills, enable_gradient_checkpointing, use_tasks
@@ -103,3 +104,19 @@ def test_nested_contexts_restore_the_outer_tasks():
             assert model.cpoly_skills.routing.batch.ids.tolist() == [1, 2]
         assert model.cpoly_skills.routing.batch is outer
     assert model.cpoly_skills.routing.batch is None
+
+
+def test_mixed_task_generate_with_beams_equals_one_by_one():
+    model = add_skills(tiny_t5(), block_config(n_task_skills=2))
+    randomize_adapters(model, std=1.0)
+    batch = t5_batch()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    tasks = ["task_c", "task_a", "task_b"]
+    options = dict(num_beams=3, num_return_sequences=2, max_new_tokens=6, do_sample=False)
+    with use_tasks(model, tasks):
+        together = model.generate(**inputs, **options)
+    for i, task in enumerate(tasks):
+        length = int(inputs["attention_mask"][i].sum())
+        with use_tasks(model, [task]):
+            alone = model.generate(**{k: v[i : i + 1, :length] for k, v in inputs.items()}, **options)
+        torch.testing.assert_close(together[2 * i : 2 * i + 2, : alone.shape[1]], alone)

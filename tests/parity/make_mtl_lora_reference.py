@@ -2,7 +2,7 @@
 
 Why a committed fixture: `adapters` pins transformers to one minor version (1.3.0, the newest release,
 needs transformers ~=4.57.6) and does not import beside this project's transformers 5.x, so
-tests/test_skills_methods.py cannot call it live. This script runs in a separate environment and the
+tests/test_skills_equations.py cannot call it live. This script runs in a separate environment and the
 test compares cpoly's `mtl_lora` layer against the file it writes.
 
 Regenerate (from the repository root; Python 3.11, about 3 minutes to install):

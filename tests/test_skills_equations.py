@@ -1,59 +1,174 @@
-"""mtl_lora, hydralora and mixlora: parity with reference implementations and written-out formulas, and the
-library's guarantees (identity at init, generation, save/load, per-task export, aux loss in training,
-config validation) for each.
-
-References:
-- mtl_lora: AdapterHub `adapters` (MTLLoRAConfig) through the committed fixture
-  tests/parity/mtl_lora_adapters.safetensors. `adapters` pins transformers to one minor version (1.3.0:
-  ~=4.57.6) and does not import beside this project's transformers 5, so it cannot run here; the fixture
-  is written by tests/parity/make_mtl_lora_reference.py in its own environment (the command is in that
-  script's docstring). adapters keeps the diagonal Lambda_t only (its full matrix type does not construct),
-  so the full bottleneck, our default, is checked against the formula written out below.
-- mixlora: the `mixlora` package (PyPI 0.2.3, a dev dependency), live. It only has FFN-block MoEs, so one
-  adapted linear layer is a phi-style block with an identity activation, fc2 a frozen identity without LoRA
-  and the LoRA experts on fc1: y = W1 x + b1 + sum_{top-k} p_k (alpha / r) B_k A_k x (renormalised top-k
-  gates sum to 1, so fc2's share of the base output is exact).
-- The load-balancing loss: the Switch/Mixtral form written out, and transformers' Mixtral
-  `load_balancing_loss_func`, on the same router logits.
-- hydralora: the formula written out (the official repo is a patched copy of peft, not a package).
-"""
+"""Each method computes its formula: the written-out equations of DESIGN.md section 2 and docs/methods.md,
+and parity with reference implementations (AdapterHub `adapters` through a committed fixture, the `mixlora`
+package live, transformers' Mixtral load-balancing loss). The sources are named in tests/helpers/skill_refs.py
+and docs/methods.md."""
 
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import pytest
 import torch
-from helpers.compose import compose_train
 from helpers.factories import randomize_all, skill_config
-from helpers.tiny_models import TASKS, t5_batch, tiny_t5
+from helpers.skill_refs import (
+    ABSENT,
+    FIVE,
+    FIXTURE,
+    OneLinear,
+    backward_loss,
+    block_config,
+    block_reference_delta,
+    fixed_and_identity_trainable,
+    mixlora_reference_block,
+    mtl_lora_delta,
+    reference_delta,
+    switch_loss_written_out,
+)
+from helpers.tiny_models import TASKS, randomize_adapters, t5_batch, tiny_t5
 from safetensors import safe_open
 from safetensors.torch import load_file
-from torch import nn
 
-from cpoly import SkillConfig, add_skills, export_task_lora, use_tasks
-from cpoly.logging.local import read_metrics
-from cpoly.skills import SkillConfigError, pop_aux_loss, skilled_layers, task_lora_factors
-
-NEW_METHODS = ("mtl_lora", "hydralora", "mixlora")
-MIXED = ["task_b", "task_c", "task_a"]
-FIXTURE = Path(__file__).parent / "parity" / "mtl_lora_adapters.safetensors"
-
-
-class OneLinear(nn.Module):
-    """A model that is one linear layer, `lin`, so that add_skills / use_tasks apply to it."""
-
-    def __init__(self, d_in: int, d_out: int, bias: bool = True, dtype=torch.float32) -> None:
-        super().__init__()
-        self.lin = nn.Linear(d_in, d_out, bias=bias, dtype=dtype)
-
-    def forward(self, x):
-        return self.lin(x)
+from cpoly import (
+    SkillConfig,
+    add_skills,
+    allocation_matrix,
+    count_parameters,
+    use_tasks,
+)
+from cpoly.skills import pop_aux_loss, skilled_layers
+from cpoly.skills.router import keyed_uniforms
 
 
-# ---------------------------------------------------------------- one shared A under the other methods
+@pytest.mark.parametrize(
+    "settings",
+    [dict(), dict(n_task_skills=3), dict(n_splits=2, n_task_skills=2), dict(n_task_skills=2, mixing="outputs")],
+    ids=["B1", "B3", "S2-B2", "B2-outputs"],
+)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_block_layer_is_the_formula(settings, mode):
+    """float64, every layer: the layer's output equals the formula, given the same weights and (training)
+    the same routing noise."""
+    model = add_skills(tiny_t5().double(), block_config(alpha=3.0, **settings))
+    randomize_adapters(model)
+    getattr(model, mode)()
+    ids, keys = [2, 0, 2], torch.tensor([11, 12, 13])
+    for _, layer in skilled_layers(model):
+        assert layer.task_weights.weight.shape == (3, layer.n_task)
+        x = torch.randn(3, 5, layer.d_in, dtype=torch.float64)
+        with use_tasks(model, ids, noise_keys=keys), torch.no_grad():
+            actual = layer(x)
+            expected = []
+            for i, t in enumerate(ids):
+                uniforms = None
+                if mode == "train":
+                    n = layer.config.n_splits * layer.n_shared
+                    uniforms = keyed_uniforms(keys[i : i + 1], layer.allocation.layer_index, n, torch.float64)[0]
+                    uniforms = uniforms.view(layer.config.n_splits, layer.n_shared)
+                expected.append(layer.base_layer(x[i]) + block_reference_delta(layer, x[i], t, uniforms))
+        torch.testing.assert_close(actual, torch.stack(expected), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("mixing", ["params", "outputs"])
+def test_block_with_one_skill_and_identity_weights_is_fixed(mixing):
+    """B=1 at its identity init: each example uses its own task's skill with weight 1, what `fixed` does;
+    the same outputs in both modes and the same gradients for the skills."""
+    base = tiny_t5()
+    fixed_config = skill_config("cpoly", task_weights="fixed", mixing=mixing)
+    fixed = add_skills(copy.deepcopy(base), fixed_config)
+    randomize_adapters(fixed)
+    block = add_skills(copy.deepcopy(base), block_config(mixing=mixing))
+    for (_, b), (_, f) in zip(skilled_layers(block), skilled_layers(fixed), strict=True):
+        b.load_adapter_tensors(f.adapter_tensors())
+        torch.testing.assert_close(b.task_weights.weight.detach(), torch.ones(3, 1), atol=0, rtol=0)
+    batch, tasks = t5_batch(), ["task_c", "task_a", "task_c"]
+    for mode in ("eval", "train"):
+        outputs = []
+        for model in (fixed, block):
+            getattr(model, mode)()
+            torch.manual_seed(3)
+            with use_tasks(model, tasks):
+                outputs.append(model(**batch))
+            outputs[-1].loss.backward()
+        torch.testing.assert_close(outputs[1].logits, outputs[0].logits, atol=1e-6, rtol=0)
+    for (_, f), (_, b) in zip(skilled_layers(fixed), skilled_layers(block), strict=True):
+        for name in ("shared_A", "shared_B", "allocation.logits", "task_A", "task_B"):
+            torch.testing.assert_close(b.get_parameter(name).grad, f.get_parameter(name).grad, atol=1e-6, rtol=0)
+
+
+def test_block_stores_t_by_b_weights_and_reports_the_full_matrix():
+    model = add_skills(tiny_t5(), block_config(FIVE, n_task_skills=2))
+    counts = count_parameters(model)
+    n_layers = sum(1 for _ in skilled_layers(model))
+    assert counts["router"] == n_layers * (5 * 3 + 5 * 2)  # allocation logits T x K, W_B T x B
+    torch.testing.assert_close(allocation_matrix(model).task_weights, torch.repeat_interleave(torch.eye(5), 2, 1) / 2)
+    randomize_adapters(model)
+    full = allocation_matrix(model).task_weights  # (T, T*B), zeros off the blocks
+    mean = torch.stack([layer.task_weights.weight.detach() for _, layer in skilled_layers(model)]).mean(0)
+    assert full.shape == (5, 10)
+    on_block = torch.repeat_interleave(torch.eye(5, dtype=torch.bool), 2, 1)
+    torch.testing.assert_close(full[on_block].view(5, 2), mean)
+    assert full[~on_block].abs().max() == 0
+
+
+@pytest.mark.parametrize("n_task_skills", [1, 2])
+def test_fixed_task_weights_compute_what_identity_weights_do(n_task_skills):
+    """Gathering each example's own task's skills equals mixing all of them with W_B = identity: the same
+    outputs (train and eval mode, same noise) and the same gradients, zeros for the absent task."""
+    fixed, trainable = fixed_and_identity_trainable(n_task_skills)
+    batch = t5_batch()
+    for mode in ("eval", "train"):
+        getattr(fixed, mode)(), getattr(trainable, mode)()
+        outputs = []
+        for model in (fixed, trainable):
+            torch.manual_seed(3)
+            with use_tasks(model, ABSENT):
+                outputs.append(model(**batch).logits)
+        torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    for model in (fixed, trainable):
+        torch.manual_seed(4)
+        backward_loss(model, ABSENT, batch)
+    absent = slice(n_task_skills, 2 * n_task_skills)  # task_b's columns
+    for (_, f), (_, t) in zip(skilled_layers(fixed), skilled_layers(trainable), strict=True):
+        for name in ("shared_A", "shared_B", "allocation.logits", "task_A", "task_B"):
+            torch.testing.assert_close(f.get_parameter(name).grad, t.get_parameter(name).grad, atol=1e-6, rtol=0)
+        assert f.task_A.grad[:, absent].abs().max() == 0 and f.task_B.grad[:, absent].abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(task_weights="fixed"),
+        dict(n_splits=2, n_task_skills=2),
+        dict(n_splits=2, n_task_skills=2, task_weights="fixed"),
+    ],
+    ids=["trainable", "fixed", "S2-B2-trainable", "S2-B2-fixed"],
+)
+@pytest.mark.parametrize("tokens", [5, None], ids=["3d-input", "2d-input"])
+def test_layer_output_is_the_formula(settings, tokens):
+    model = add_skills(tiny_t5(), skill_config("cpoly", alpha=3.0, **settings)).eval()
+    randomize_adapters(model)
+    layer = next(layer for _, layer in skilled_layers(model))
+    x = torch.randn(3, tokens, layer.d_in) if tokens else torch.randn(3, layer.d_in)
+    with use_tasks(model, [2, 0, 1]), torch.no_grad():
+        actual = layer(x)
+        expected = torch.stack(
+            [layer.base_layer(x[i]) + reference_delta(layer, x[i], t) for i, t in enumerate([2, 0, 1])]
+        )
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_moe_lora_is_the_gated_sum_of_its_experts(top_k):
+    model = add_skills(tiny_t5(), skill_config("moe_lora", top_k=top_k, alpha=3.0))
+    randomize_adapters(model)
+    layer = next(layer for _, layer in skilled_layers(model))
+    x = torch.randn(3, 5, layer.d_in)
+    with torch.no_grad():
+        gates, _ = layer.gate(x)
+        experts = torch.stack([x @ layer.shared_A[0, k] @ layer.shared_B[0, k] for k in range(layer.n_shared)], -1)
+        expected = layer.base_layer(x) + layer.config.scaling * (experts * gates.unsqueeze(-2)).sum(-1)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -104,9 +219,6 @@ def test_one_shared_down_projection_is_the_formula(kwargs):
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
 
 
-# ---------------------------------------------------------------- mtl_lora
-
-
 def test_mtl_lora_matches_adapters_fixture():
     """cpoly's mtl_lora with a diagonal bottleneck against adapters 1.3.0's MTL-LoRA: the same weights give
     the same outputs in training and evaluation mode (fp32, 1e-6). adapters stores A (r, d_in), B_i (d_out, r)
@@ -148,21 +260,6 @@ def test_mtl_lora_matches_adapters_fixture():
         with use_tasks(model, ref["task_ids"]):
             got = model(ref["x"])
         torch.testing.assert_close(got, ref[f"y_{mode}"], atol=1e-6, rtol=0)
-
-
-def mtl_lora_delta(layer, x: torch.Tensor, task_ids: list[int]) -> torch.Tensor:
-    """(alpha / r) x A Lambda_t sum_i softmax(w_t / tau)_i B_i, per example, written out."""
-    c = layer.config
-    A = layer.shared_A[0, 0]  # (d_in, r)
-    out = []
-    for b, t in enumerate(task_ids):
-        lam = layer.bottleneck.weight[t]
-        lam = lam if lam.dim() == 2 else torch.diag(lam)
-        z = layer.allocation.logits[t] / c.temperature
-        p = torch.exp(z - z.max()) / torch.exp(z - z.max()).sum()
-        mixed_b = sum(p[i] * layer.shared_B[0, i] for i in range(c.n_skills))
-        out.append((c.alpha / c.rank) * (x[b] @ A @ lam @ mixed_b))
-    return torch.stack(out)
 
 
 @pytest.mark.parametrize("bottleneck", ["full", "diagonal"])
@@ -209,9 +306,6 @@ def test_mtl_lora_full_bottleneck_is_the_formula():
                 torch.testing.assert_close(model(x), expected, atol=1e-10, rtol=0)
 
 
-# ---------------------------------------------------------------- hydralora
-
-
 @pytest.mark.parametrize("temperature", [None, 0.5])
 def test_hydralora_is_the_formula(temperature):
     """(alpha / r) sum_i softmax(W_g x / tau)_i x A B_i on every token, dense, float64, no task ids needed."""
@@ -239,59 +333,11 @@ def test_hydralora_is_the_formula(temperature):
                 torch.testing.assert_close(model(x), expected, atol=1e-10, rtol=0)
 
 
-# ---------------------------------------------------------------- mixlora
-
-
-def _mixlora_reference_block(D, E, K, R, alpha, seed=7):
-    """mixlora's MixLoraSparseMoe around a phi-style block that is one linear layer (see the module
-    docstring), with seeded random base, router and expert weights; returns it and the weights."""
-    mixlora_config = pytest.importorskip(
-        "mixlora.config", reason="mixlora==0.2.3 (dev extra) is not installed: pip install -e '.[dev]'"
-    )
-    from mixlora.lora_linear import LoraLinear
-    from mixlora.model import MixLoraSparseMoe
-
-    config = mixlora_config.MixLoraConfig.from_config(
-        {
-            "bias": "none",
-            "peft_type": "MIXLORA",
-            "r": R,
-            "lora_alpha": alpha,
-            "lora_dropout": 0.1,  # mixlora asserts > 0; its experts run in eval mode below
-            "target_modules": ["fc1"],
-            "routing_strategy": "mixlora",
-            "num_experts": E,
-            "act_fn": "linear",
-            "top_k": K,
-            "base_model_name_or_path": "none",
-            "task_type": "CAUSAL_LM",
-        }
-    )
-    config.model_type_, config.dtype_ = "phi", torch.float32
-    assert config.jitter_noise_ == 0.0
-    g = torch.Generator().manual_seed(seed)
-    block = nn.Module()
-    block.fc1, block.fc2 = nn.Linear(D, D), nn.Linear(D, D, bias=False)
-    weights = {}
-    with torch.no_grad():
-        block.fc1.weight.copy_(torch.randn(D, D, generator=g) * 0.3)
-        block.fc1.bias.copy_(torch.randn(D, generator=g) * 0.1)
-        block.fc2.weight.copy_(torch.eye(D))
-    moe = MixLoraSparseMoe(block, config)
-    moe.gate_ = weights["gate"] = torch.randn(E, D, generator=g)
-    for e in range(E):
-        a, b = torch.randn(R, D, generator=g) * 0.3, torch.randn(D, R, generator=g) * 0.3
-        weights[f"A{e}"], weights[f"B{e}"] = a, b
-        # experts_ is a plain dict, out of reach of moe.eval(): put each expert in eval mode (no dropout)
-        moe.experts_[f"experts.{e}.fc1"] = LoraLinear(block.fc1, config, (a, b)).eval()
-    return moe, block, weights
-
-
 def test_mixlora_matches_the_mixlora_package():
     """Top-2 of 4 LoRA experts (r=2, alpha=4) under a softmax router, renormalised: the same outputs as
     mixlora 0.2.3 in fp32 (1e-6), our layer in training and evaluation mode (neither has noise)."""
     D, E, K, R, alpha = 8, 4, 2, 2, 4.0
-    moe, block, w = _mixlora_reference_block(D, E, K, R, alpha)
+    moe, block, w = mixlora_reference_block(D, E, K, R, alpha)
     x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = moe(x.clone())  # it scales its input in place when jitter_noise > 0
@@ -315,21 +361,6 @@ def test_mixlora_matches_the_mixlora_package():
         with torch.no_grad():
             got = model(x)
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
-
-
-def switch_loss_written_out(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """K * sum_i f_i P_i: f_i the share of (token, choice) pairs routed to expert i (a token's k choices each
-    count), P_i the mean router probability of expert i; float64, loops."""
-    logits = logits.double().reshape(-1, logits.shape[-1])
-    n, n_experts = logits.shape
-    probs = torch.softmax(logits, -1)
-    chosen = probs.topk(k, -1).indices
-    f = torch.zeros(n_experts, dtype=torch.float64)
-    for token in range(n):
-        for j in range(k):
-            f[chosen[token, j]] += 1.0 / n
-    P = probs.mean(0)
-    return n_experts * sum(f[i] * P[i] for i in range(n_experts))
 
 
 def test_mixlora_aux_loss_is_the_switch_mixtral_loss():
@@ -384,113 +415,3 @@ def test_aux_loss_pools_the_layers_as_mixtral_does():
     torch.testing.assert_close(aux, pooled, atol=1e-6, rtol=0)
     per_layer = [mixtral.load_balancing_loss_func((z.reshape(-1, 4),), num_experts=4, top_k=2) for z in logits.values()]
     assert abs(aux - torch.stack(per_layer).mean()) > 1e-4  # the test tells pooling from a mean of layers
-
-
-def test_aux_loss_reaches_training(tmp_path):
-    """A smoke run of the train loop with mixlora logs train/aux_loss (top-2 of 4 near a balanced router:
-    about k = 2)."""
-    from cpoly.run import train
-
-    overrides = [
-        "debug=smoke",
-        "method=mixlora",
-        "benchmark.n_tasks=3",
-        "benchmark.n_train_per_task=8",
-        "benchmark.n_eval_per_task=2",
-    ]
-    results = train(compose_train(overrides, tmp_path))
-    assert results["status"] == "finished" and results["method"] == "mixlora"
-    logged = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "train/loss" in r]
-    assert logged and all("train/aux_loss" in r for r in logged)
-    assert all(1.5 < r["train/aux_loss"] < 2.5 for r in logged), logged
-
-
-def test_the_aux_loss_joins_the_objective_but_not_the_logged_loss(tmp_path):
-    """The same two steps with aux_loss_coef 0 and 1: the first logged loss (before any update) is equal,
-    so train/loss is the task loss alone; the gates end apart, so the aux term reached backward (with
-    coefficient 0 it is not even computed)."""
-    from cpoly.run import train
-
-    base = ["debug=smoke", "method=mixlora", "benchmark.n_tasks=3", "benchmark.n_train_per_task=8"]
-    base += ["benchmark.n_eval_per_task=2", "trainer.max_steps=2", "trainer.log_every=1"]
-    runs = {}
-    for coef in (0.0, 1.0):
-        out = tmp_path / f"coef{coef}"
-        train(compose_train([*base, f"method.aux_loss_coef={coef}"], out))
-        first = next(r for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r)
-        runs[coef] = (first, load_file(str(out / "last" / "adapter_model.safetensors")))
-    (plain, plain_weights), (with_aux, aux_weights) = runs[0.0], runs[1.0]
-    assert "train/aux_loss" not in plain and with_aux["train/aux_loss"] > 0
-    assert with_aux["train/loss"] == plain["train/loss"]
-    gates = [k for k in plain_weights if k.endswith("gate.proj.weight")]
-    assert gates and all(not torch.equal(plain_weights[k], aux_weights[k]) for k in gates)
-
-
-# ---------------------------------------------------------------- the library's guarantees, per method
-
-
-def test_mtl_lora_task_factors_are_the_per_task_update():
-    """task_lora_factors gives each layer's A_t = A Lambda_t and B_t = sum_i softmax(w_t / tau)_i B_i, so
-    scaling * x A_t B_t is the layer's delta for task t (float64, exact up to rounding); rank r."""
-    model = add_skills(tiny_t5().double(), skill_config("mtl_lora"))
-    randomize_all(model)
-    x = torch.randn(2, 3, 32, dtype=torch.float64)
-    for t, task in enumerate(TASKS):
-        factors = task_lora_factors(model, task)
-        assert set(factors) == {name for name, _ in skilled_layers(model)}
-        for name, layer in skilled_layers(model):
-            a_t, b_t = factors[name]
-            assert a_t.shape == (32, 4) and b_t.shape == (4, 32)
-            c = layer.config
-            torch.testing.assert_close(a_t, layer.shared_A[0, 0] @ layer.bottleneck.weight[t], atol=1e-12, rtol=0)
-            p = torch.softmax(layer.allocation.logits[t] / c.temperature, -1)
-            torch.testing.assert_close(b_t, torch.einsum("k,kro->ro", p, layer.shared_B[0]), atol=1e-12, rtol=0)
-            with torch.no_grad(), use_tasks(model, [task, task]):
-                delta = layer(x) - layer.base_layer(x)
-            torch.testing.assert_close(delta, c.scaling * x @ a_t @ b_t, atol=1e-12, rtol=0)
-            torch.testing.assert_close(delta, mtl_lora_delta(layer, x, [t, t]).detach(), atol=1e-12, rtol=0)
-
-
-def test_mtl_lora_exports_a_peft_lora_per_task(tmp_path):
-    peft = pytest.importorskip("peft")
-    base = tiny_t5()
-    model = add_skills(copy.deepcopy(base), skill_config("mtl_lora"))
-    randomize_all(model)
-    batch = t5_batch()
-    for task in ("task_a", "task_c"):
-        export_task_lora(model, task, tmp_path / task)
-        config = json.loads((tmp_path / task / "adapter_config.json").read_text())
-        assert config["peft_type"] == "LORA" and config["r"] == 4
-        lora = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / task).eval()
-        with use_tasks(model, [task] * 3):
-            expected = model(**batch).logits
-        torch.testing.assert_close(lora(**batch).logits, expected, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("method", ["hydralora", "mixlora"])
-def test_token_routed_methods_have_no_per_task_lora(method, tmp_path):
-    model = add_skills(tiny_t5(), skill_config(method))
-    with pytest.raises(ValueError, match=rf"{method}\b.*token"):
-        task_lora_factors(model, "task_a")
-    with pytest.raises(ValueError, match=rf"{method}\b.*token"):
-        export_task_lora(model, "task_a", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-# ---------------------------------------------------------------- config validation
-
-
-@pytest.mark.parametrize(
-    "kwargs, field_and_value",
-    [
-        (dict(method="mtl_lora", n_skills=3, n_skills_a=2), "n_skills_a=2"),
-        (dict(method="hydralora", n_skills=3, n_skills_a=2), "n_skills_a=2"),
-        (dict(method="cpoly", bottleneck="full"), "bottleneck='full'"),
-        (dict(method="cpoly", bottleneck="diagonal"), "bottleneck='diagonal'"),
-        (dict(method="poly", aux_loss_coef=0.01), "aux_loss_coef=0.01"),
-        (dict(method="mtl_lora", top_k=2), "top_k=2"),
-    ],
-)
-def test_invalid_configs_name_the_field_and_value(kwargs, field_and_value):
-    with pytest.raises(SkillConfigError, match=rf"SkillConfig\.{field_and_value}"):
-        SkillConfig(task_names=TASKS, **kwargs)
