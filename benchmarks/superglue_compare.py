@@ -202,7 +202,9 @@ def selection_table(runs, methods, lrs, seed, steps, batch, chosen) -> tuple[str
             cells.append(f"{run.dev:.2f}{mark}")
             rows.append({"method": method, "lr": lr, "seed": seed, "steps": steps, SELECTION_METRIC: run.dev,
                          "best_step": run.results["selection"]["step"], "chosen": math.isclose(lr, chosen[method]),
-                         "run": str(run.path)})  # fmt: skip
+                         "test_majority_class_score": run.results["majority_baseline"]["avg"]["score"],
+                         "wall_time_s": run.results.get("wall_time_s"),
+                         "git_sha": run.results.get("git_sha")})  # fmt: skip
         lines.append("| " + " | ".join([method, *cells, f"{chosen[method]:g}"]) + " |")
     return "\n".join(lines), rows
 
