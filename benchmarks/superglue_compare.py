@@ -63,7 +63,7 @@ SIZES = {
     "gpu": Size(1500, 32, 250),
     "cpu": Size(400, 8, 100, ["trainer.cpu_threads=1"]),
     "tiny": Size(4, 4, 2, [
-        "+backbone.model_overrides.num_hidden_layers=1",
+        "+backbone.model_overrides.num_hidden_layers=1",  # a key minilm.yaml does not have
         "benchmark.n_train_per_task=20",  # 4 of them are the dev split
         "benchmark.n_dev_per_task=4",
         "benchmark.n_eval_per_task=8",

@@ -55,6 +55,22 @@ def test_a_missing_bundle_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match=r"tokenizer\.json.*make gpu-bundle"):
         load_script("gpu_check").check_bundle(tmp_path / "empty")
+    with pytest.raises(SystemExit, match=r"minilm/config\.json.*make gpu-bundle"):
+        load_script("superglue_compare").check_bundle(tmp_path / "empty")
+    wrong = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO_ROOT, env=dict(env, MODE="superglu"),
+                           capture_output=True, text=True)  # fmt: skip
+    assert wrong.returncode == 2 and "MODE=superglu: expected speed (the default) or superglue" in wrong.stderr
+
+
+def test_the_comparisons_arguments_are_checked(capsys):
+    parse = load_script("superglue_compare").parse_args
+    args = parse(["--methods", "cpoly,shared_lora", "--lrs", "1e-3,0.01", "--seeds", "1,2"])
+    assert args.methods == ["cpoly", "shared_lora"] and args.lrs == [1e-3, 0.01] and args.seeds == [1, 2]
+    for bad, message in [(["--methods", "cpoly,lora"], "unknown ['lora']"), (["--lrs", "x"], "--lrs/--seeds"),
+                         (["--seeds", "1,1"], "distinct seeds")]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            parse(bad)
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow
